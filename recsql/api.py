@@ -1,0 +1,139 @@
+"""Python calls for the SQL API: each one is a thin, typed wrapper over a recsql.* function."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from recsql.errors import translate
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[Any]
+
+
+def _rows(conn: Conn, query: str, params: dict[str, Any]) -> list[Row]:
+    try:
+        return list(conn.execute(query, params).fetchall())
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+def track(
+    conn: Conn,
+    user_id: str,
+    item_id: str,
+    event_type: str,
+    *,
+    ts: datetime | None = None,
+    value: float | None = None,
+    event_id: str | None = None,
+    session_id: str | None = None,
+    properties: dict[str, Any] | None = None,
+) -> Row:
+    """Record one event; a repeated event_id is reported as a duplicate and counted once."""
+    rows = _rows(
+        conn,
+        "SELECT id AS event_id, seq, duplicate FROM recsql.track(%(user_id)s, %(item_id)s, %(event_type)s,"
+        " coalesce(%(ts)s, now()), %(value)s, %(event_id)s, %(session_id)s, %(properties)s)",
+        {
+            "user_id": user_id,
+            "item_id": item_id,
+            "event_type": event_type,
+            "ts": ts,
+            "value": value,
+            "event_id": event_id,
+            "session_id": session_id,
+            "properties": Jsonb(properties or {}),
+        },
+    )
+    return rows[0]
+
+
+def recommend(
+    conn: Conn,
+    user_id: str,
+    k: int = 10,
+    *,
+    category: str | None = None,
+    in_stock_only: bool = False,
+    exclude_purchased: bool = True,
+    exclude_seen: bool = False,
+) -> list[Row]:
+    """Personalised top-k for a user (trending when they have no history)."""
+    return _rows(
+        conn,
+        "SELECT item_id, score, reason FROM recsql.recommend(%(user_id)s, %(k)s, %(category)s,"
+        " %(in_stock_only)s, %(exclude_purchased)s, %(exclude_seen)s)",
+        {
+            "user_id": user_id,
+            "k": k,
+            "category": category,
+            "in_stock_only": in_stock_only,
+            "exclude_purchased": exclude_purchased,
+            "exclude_seen": exclude_seen,
+        },
+    )
+
+
+def similar_items(conn: Conn, item_id: str, k: int = 10) -> list[Row]:
+    """Items similar to ``item_id`` by normalised co-occurrence."""
+    return _rows(conn, "SELECT item_id, score, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
+                 {"item_id": item_id, "k": k})
+
+
+def bought_together(conn: Conn, item_id: str, k: int = 10) -> list[Row]:
+    """Items bought together with ``item_id``."""
+    return _rows(conn, "SELECT item_id, score, together FROM recsql.bought_together(%(item_id)s, %(k)s)",
+                 {"item_id": item_id, "k": k})
+
+
+def trending(conn: Conn, k: int = 10, *, category: str | None = None) -> list[Row]:
+    """Items by time-decayed popularity."""
+    return _rows(conn, "SELECT item_id, score FROM recsql.trending(%(k)s, %(category)s)",
+                 {"k": k, "category": category})
+
+
+def session_recommend(conn: Conn, item_ids: list[str], k: int = 10) -> list[Row]:
+    """Recommendations for an anonymous session's items (most recent last)."""
+    return _rows(conn, "SELECT item_id, score, reason FROM recsql.session_recommend(%(ids)s, %(k)s)",
+                 {"ids": item_ids, "k": k})
+
+
+def explain(conn: Conn, user_id: str, item_id: str) -> list[Row]:
+    """The user's items that make ``item_id`` a recommendation, with their contributions."""
+    return _rows(conn, "SELECT * FROM recsql.explain(%(user_id)s, %(item_id)s)",
+                 {"user_id": user_id, "item_id": item_id})
+
+
+def item_exists(conn: Conn, item_id: str) -> bool:
+    """Whether the catalog knows ``item_id``."""
+    rows = _rows(conn, "SELECT 1 AS one FROM recsql.items WHERE item_id = %(item_id)s", {"item_id": item_id})
+    return bool(rows)
+
+
+def flush(conn: Conn) -> int:
+    """Fold every committed event into derived state now; return how many were folded."""
+    return int(_rows(conn, "SELECT recsql.flush() AS n", {})[0]["n"])
+
+
+def rebuild(conn: Conn) -> int:
+    """Recompute all derived state from the event log; return the number of events replayed."""
+    return int(_rows(conn, "SELECT recsql.rebuild() AS n", {})[0]["n"])
+
+
+def forget_user(conn: Conn, user_id: str) -> int:
+    """Delete a user's events and their contribution everywhere; return events deleted."""
+    return int(_rows(conn, "SELECT recsql.forget_user(%(user_id)s) AS n", {"user_id": user_id})[0]["n"])
+
+
+def maintain(conn: Conn) -> Row:
+    """Expire old pair formations and keep popularity in range."""
+    return _rows(conn, "SELECT * FROM recsql.maintain()", {})[0]
+
+
+def fold_status(conn: Conn) -> Row:
+    """Pending events and the folder's last run."""
+    return _rows(conn, "SELECT * FROM recsql.fold_status", {})[0]

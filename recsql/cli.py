@@ -1,0 +1,250 @@
+"""The ``recsql`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recsql import api, config, db, embedded, migrate
+from recsql.errors import RecsqlError
+
+
+def _fail(exc: RecsqlError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns RecsqlError into a one-line message and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RecsqlError as exc:
+            _fail(exc)
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    if not rows:
+        click.echo("(no results)")
+        return
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+_format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                              show_default=True, help="Output format.")
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="recsql")
+def main() -> None:
+    """recsql: real-time recommendations inside PostgreSQL.
+
+    The database is RECSQL_DATABASE_URL, or an embedded PostgreSQL under RECSQL_HOME
+    (default ./.recsql) started on first use.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.group("db")
+def db_group() -> None:
+    """Create, inspect and stop the database."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION (installs the schema on a new database)."""
+    url = db.database_url()
+    before = migrate.current(url)
+    migrate.upgrade(url, revision)
+    after = migrate.current(url)
+    click.echo(f"database at revision {after} (was {before or 'empty'})")
+
+
+@db_group.command("url")
+def db_url() -> None:
+    """Print the connection URL (starts the embedded server if needed)."""
+    click.echo(db.database_url())
+
+
+@db_group.command("status")
+def db_status() -> None:
+    """Show where the database is, whether it runs, its revision and folding lag."""
+    cfg = config.load()
+    if cfg.embedded:
+        state = embedded.status(cfg.home)
+        click.echo(f"embedded server: {'running (pid %s)' % state.pid if state.running else 'stopped'}")
+        click.echo(f"data directory:  {state.pgdata}")
+        if not state.running:
+            click.echo("start it with any command, e.g. `recsql db url`")
+            return
+    url = db.database_url()
+    click.echo(f"url:             {url}")
+    revision = migrate.current(url)
+    head = migrate.head()
+    click.echo(f"revision:        {revision or 'none'} (head {head})"
+               + ("" if revision == head else "  -> run `recsql db upgrade`"))
+    if revision is None:
+        return
+    with db.connection(url) as conn:
+        status = api.fold_status(conn)
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM recsql.events) AS events, (SELECT count(*) FROM recsql.items) AS items,"
+            " (SELECT count(*) FROM recsql.item_pairs) AS pairs"
+        ).fetchone()
+    assert counts is not None
+    click.echo(f"events:          {counts['events']:,}  items: {counts['items']:,}  pairs: {counts['pairs']:,}")
+    click.echo(f"pending fold:    {status['pending_events']:,} events"
+               f" (last fold {status['last_fold_at'] or 'never'})")
+
+
+@db_group.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server."""
+    cfg = config.load()
+    if not cfg.embedded:
+        raise RecsqlError("RECSQL_DATABASE_URL is set: recsql does not manage that server")
+    click.echo("stopped" if embedded.stop(cfg.home) else "not running")
+
+
+@main.group("import")
+def import_group() -> None:
+    """Load events or items from CSV or NDJSON (all rows or none)."""
+
+
+def _import_options(fn: Any) -> Any:
+    fn = click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default=None,
+                      help="Input format; default from the file extension (stdin: csv).")(fn)
+    fn = click.option("--skip-invalid", is_flag=True,
+                      help="Load the valid rows and report the rejected ones, instead of loading nothing.")(fn)
+    fn = click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))(fn)
+    return fn
+
+
+@import_group.command("events")
+@_import_options
+def import_events(file: Path, fmt: str | None, skip_invalid: bool) -> None:
+    """Import events from FILE ('-' for stdin): user_id, item_id, event_type, ts and optional columns."""
+    from recsql import importer
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        report = importer.import_events(conn, file, fmt=fmt, skip_invalid=skip_invalid, progress=True)
+    click.echo(report.summary())
+    if report.rejected and not skip_invalid:
+        sys.exit(1)
+
+
+@import_group.command("items")
+@_import_options
+def import_items(file: Path, fmt: str | None, skip_invalid: bool) -> None:
+    """Import or update catalog items from FILE ('-' for stdin): item_id and optional columns."""
+    from recsql import importer
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        report = importer.import_items(conn, file, fmt=fmt, skip_invalid=skip_invalid, progress=True)
+    click.echo(report.summary())
+    if report.rejected and not skip_invalid:
+        sys.exit(1)
+
+
+@main.command("rebuild")
+def rebuild() -> None:
+    """Recompute all derived state from the event log."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        n = api.rebuild(conn)
+    click.echo(f"rebuilt derived state from {n:,} events")
+
+
+@main.command("flush")
+def flush() -> None:
+    """Fold pending events into derived state now."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        n = api.flush(conn)
+    click.echo(f"folded {n:,} events")
+
+
+@main.command("recommend")
+@click.argument("user_id")
+@click.option("-k", default=10, show_default=True, help="Number of items.")
+@click.option("--category", default=None, help="Only items of this category.")
+@click.option("--in-stock", is_flag=True, help="Only items in stock.")
+@click.option("--include-purchased", is_flag=True, help="Do not drop items the user already bought.")
+@click.option("--exclude-seen", is_flag=True, help="Drop every item the user interacted with.")
+@_format_option
+def recommend(user_id: str, k: int, category: str | None, in_stock: bool, include_purchased: bool,
+              exclude_seen: bool, fmt: str) -> None:
+    """Recommend items for USER_ID."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        rows = api.recommend(conn, user_id, k, category=category, in_stock_only=in_stock,
+                             exclude_purchased=not include_purchased, exclude_seen=exclude_seen)
+    _print_rows(rows, fmt)
+
+
+@main.command("similar")
+@click.argument("item_id")
+@click.option("-k", default=10, show_default=True, help="Number of items.")
+@click.option("--bought-together", is_flag=True, help="Items bought together instead of viewed together.")
+@_format_option
+def similar(item_id: str, k: int, bought_together: bool, fmt: str) -> None:
+    """Items similar to ITEM_ID."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        if not api.item_exists(conn, item_id):
+            raise RecsqlError(f"unknown item {item_id!r}: it has no events and is not in recsql.items")
+        rows = (api.bought_together if bought_together else api.similar_items)(conn, item_id, k)
+    _print_rows(rows, fmt)
+
+
+@main.command("worker")
+@click.option("--idle", default=0.1, show_default=True, help="Seconds to wait when there is nothing to fold.")
+def worker(idle: float) -> None:
+    """Fold events into derived state continuously (Ctrl-C stops cleanly)."""
+    from recsql.worker import Folder
+
+    log = logging.getLogger("recsql.worker")
+    folder = Folder(idle_s=idle, on_fold=lambda n, s: log.info("folded %d events in %.3f s", n, s))
+    signal.signal(signal.SIGTERM, lambda *_: folder._stop.set())
+    click.echo("folding events; Ctrl-C to stop", err=True)
+    try:
+        folder.run()
+    except KeyboardInterrupt:
+        pass
+    click.echo(f"stopped after folding {folder.folded:,} events", err=True)
+
+
+@main.command("demo")
+@click.option("--users", default=300, show_default=True, help="Shoppers to simulate.")
+@click.option("--items", default=400, show_default=True, help="Catalog size.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same shop).")
+def demo(users: int, items: int, seed: int) -> None:
+    """Create a sample shop in the database and show recommendations for it."""
+    from recsql import demo as demo_module
+
+    demo_module.run(users=users, items=items, seed=seed)

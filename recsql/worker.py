@@ -1,0 +1,63 @@
+"""The folder loop: keeps derived state within a fraction of a second of the event log."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from recsql import api, db
+from recsql.errors import RecsqlError
+
+log = logging.getLogger("recsql.worker")
+
+MAINTAIN_EVERY_S = 3600.0
+
+
+class Folder:
+    """Calls recsql.flush() in a loop: immediately again while there is work, else every ``idle_s``."""
+
+    def __init__(self, url: str | None = None, *, idle_s: float = 0.1,
+                 on_fold: Callable[[int, float], None] | None = None) -> None:
+        self.url = url
+        self.idle_s = idle_s
+        self.on_fold = on_fold
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.folded = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def start_thread(self) -> None:
+        """Run the loop in a daemon thread (used by `recsql demo` and `recsql serve`)."""
+        self._thread = threading.Thread(target=self.run, name="recsql-folder", daemon=True)
+        self._thread.start()
+
+    def run(self) -> None:
+        """Fold until stop() is called; reconnect after database errors."""
+        last_maintain = 0.0
+        while not self._stop.is_set():
+            try:
+                with db.connection(self.url) as conn:
+                    while not self._stop.is_set():
+                        if time.monotonic() - last_maintain > MAINTAIN_EVERY_S:
+                            api.maintain(conn)
+                            last_maintain = time.monotonic()
+                        started = time.perf_counter()
+                        n = api.flush(conn)
+                        elapsed = time.perf_counter() - started
+                        if n:
+                            self.folded += n
+                            if self.on_fold is not None:
+                                self.on_fold(n, elapsed)
+                        else:
+                            self._stop.wait(self.idle_s)
+            except (psycopg.Error, RecsqlError) as exc:
+                log.warning("folder: %s; retrying in 2 s", exc)
+                self._stop.wait(2.0)

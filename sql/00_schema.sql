@@ -1,0 +1,203 @@
+-- recsql schema: tables. Files in sql/ run in name order and build an empty database in one pass.
+--
+-- Layout of the data:
+--   recsql.events            the append-only event log (source of truth for all derived state)
+--   recsql.event_inbox       one row per inserting statement, consumed by the folder
+--   recsql.user_item_events  per (user, item, event type) counts          } derived state,
+--   recsql.item_event_counts per (item, event type) counts                 } maintained by
+--   recsql.item_stats        per item: distinct users, events, popularity  } recsql.flush()
+--   recsql.item_pairs        item pairs formed in users' recent windows    } and rebuilt by
+--                            (co-occurrence, and bought together)          } recsql.rebuild()
+
+create schema recsql;
+
+comment on schema recsql is 'recsql: real-time recommendations maintained inside PostgreSQL';
+
+-- One row of typed, validated knobs; an UPDATE changes behaviour, no code change needed.
+create table recsql.settings (
+    id boolean primary key default true constraint settings_single_row check (id),
+    cooc_window integer not null default 10
+        constraint settings_cooc_window_check check (cooc_window between 1 and 200),
+    purchase_window integer not null default 10
+        constraint settings_purchase_window_check check (purchase_window between 1 and 200),
+    cooc_retention interval not null default '180 days'
+        constraint settings_cooc_retention_check check (cooc_retention >= interval '1 day'),
+    min_support integer not null default 1
+        constraint settings_min_support_check check (min_support >= 1),
+    candidate_limit integer not null default 200
+        constraint settings_candidate_limit_check check (candidate_limit between 1 and 100000),
+    similarity text not null default 'cosine'
+        constraint settings_similarity_check check (similarity in ('cosine', 'jaccard', 'count')),
+    history_length integer not null default 30
+        constraint settings_history_length_check check (history_length between 1 and 10000),
+    history_half_life double precision not null default 10
+        constraint settings_history_half_life_check check (history_half_life > 0),
+    trending_half_life interval not null default '2 days'
+        constraint settings_trending_half_life_check check (trending_half_life >= interval '1 minute'),
+    max_future interval not null default '1 day'
+        constraint settings_max_future_check check (max_future >= interval '0'),
+    decay_epoch timestamptz
+);
+
+insert into recsql.settings default values;
+
+comment on table recsql.settings is 'Tuning knobs (one row). See docs/concepts.md for each.';
+comment on column recsql.settings.cooc_window is
+    'An event forms co-occurrence pairs with the distinct items of the user''s previous N pair-forming events';
+comment on column recsql.settings.purchase_window is
+    'A conversion forms bought-together pairs with the user''s previous N conversions';
+comment on column recsql.settings.cooc_retention is
+    'Pruning: pair formations older than this (by event ts) are expired by recsql.maintain()';
+comment on column recsql.settings.min_support is
+    'Pairs seen fewer times than this are ignored by the query functions';
+comment on column recsql.settings.candidate_limit is
+    'Per source item, the strongest N pairs (by count) are scored by the query functions';
+comment on column recsql.settings.decay_epoch is
+    'Internal: reference time of item_stats.popularity; set by the first fold, moved by maintain()';
+
+-- Weights are data: a shop adds its own event types with an INSERT.
+create table recsql.event_types (
+    name text primary key
+        constraint event_types_name_check check (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    weight double precision not null
+        constraint event_types_weight_check check (weight between -1000 and 1000),
+    forms_pairs boolean not null default true,
+    is_conversion boolean not null default false,
+    value_min double precision,
+    value_max double precision,
+    description text,
+    constraint event_types_value_range_check check (
+        (value_min is null and value_max is null)
+        or (value_min is not null and value_max is not null and value_min < value_max and value_max > 0))
+);
+
+comment on table recsql.event_types is 'Event vocabulary and the weight of each type in interaction strength';
+
+insert into recsql.event_types (name, weight, forms_pairs, is_conversion, value_min, value_max, description) values
+    ('view', 1, true, false, null, null, 'product page viewed'),
+    ('click', 1, true, false, null, null, 'product clicked in a list or recommendation'),
+    ('add_to_cart', 3, true, false, null, null, 'added to cart'),
+    ('remove_from_cart', -2, false, false, null, null, 'removed from cart'),
+    ('purchase', 5, true, true, null, null, 'bought'),
+    ('rating', 3, true, false, 1, 5, 'explicit rating; value 1..5 scales the weight'),
+    ('review', 3, true, false, null, null, 'review written'),
+    ('wishlist', 2, true, false, null, null, 'added to wishlist');
+
+create table recsql.items (
+    item_key integer generated always as identity
+        constraint items_item_key_key unique,
+    item_id text primary key
+        constraint items_item_id_check check (item_id <> '' and length(item_id) <= 256 and item_id !~ '[[:cntrl:]]'),
+    title text,
+    category text,
+    price numeric(14, 2) constraint items_price_check check (price >= 0),
+    in_stock boolean not null default true,
+    properties jsonb not null default '{}'
+        constraint items_properties_check check (jsonb_typeof(properties) = 'object'),
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now()
+);
+
+create index items_category_idx on recsql.items (category);
+
+comment on table recsql.items is 'Catalog; an event for an unknown item registers it with only its id';
+comment on column recsql.items.item_key is 'Compact internal key used by the derived tables';
+
+create table recsql.events (
+    seq bigint generated always as identity constraint events_pkey primary key,
+    event_id text not null
+        constraint events_event_id_check check (event_id <> '' and length(event_id) <= 256 and event_id !~ '[[:cntrl:]]'),
+    user_id text not null
+        constraint events_user_id_check check (user_id <> '' and length(user_id) <= 256 and user_id !~ '[[:cntrl:]]'),
+    item_id text not null
+        constraint events_item_id_check check (item_id <> '' and length(item_id) <= 256 and item_id !~ '[[:cntrl:]]'),
+    event_type text not null,
+    value double precision constraint events_value_check check (value = value and abs(value) < 1e12),
+    ts timestamptz not null default now(),
+    session_id text constraint events_session_id_check check (length(session_id) <= 256),
+    properties jsonb not null default '{}'
+        constraint events_properties_check check (jsonb_typeof(properties) = 'object'),
+    xid xid8 not null default pg_current_xact_id(),
+    arrived_at timestamptz not null default now()
+);
+
+create unique index events_event_id_key on recsql.events (event_id);
+create index events_user_idx on recsql.events (user_id, xid, seq);
+
+comment on table recsql.events is
+    'Append-only event log. INSERT or COPY (user_id, item_id, event_type, ts) directly, or call recsql.track()';
+comment on column recsql.events.event_id is 'Idempotency key: a second event with the same id is dropped';
+comment on column recsql.events.xid is 'Inserting transaction; replay order is (xid, seq)';
+comment on column recsql.events.arrived_at is 'Server time the event was stored';
+
+-- Written by every inserting statement, read and emptied by the folder: keeps ingestion append-only.
+create table recsql.event_inbox (
+    xid xid8 not null,
+    first_seq bigint not null,
+    last_seq bigint not null,
+    n bigint not null
+);
+
+comment on table recsql.event_inbox is 'Event ranges waiting to be folded into derived state by recsql.flush()';
+
+-- Folder progress (one row).
+create table recsql.fold_state (
+    id boolean primary key default true constraint fold_state_single_row check (id),
+    horizon xid8 not null default '0',
+    cooc_horizon timestamptz,
+    folded_events bigint not null default 0,
+    last_fold_at timestamptz
+);
+
+insert into recsql.fold_state default values;
+
+comment on table recsql.fold_state is 'Every event with xid below horizon has been folded';
+comment on column recsql.fold_state.cooc_horizon is 'Pair formations by events with ts before this are expired (null: none)';
+
+create table recsql.user_item_events (
+    user_id text not null,
+    item_key integer not null,
+    event_type text not null,
+    n integer not null,
+    value_sum numeric not null default 0,
+    first_ts timestamptz not null,
+    last_ts timestamptz not null,
+    constraint user_item_events_pkey primary key (user_id, item_key, event_type)
+);
+
+comment on table recsql.user_item_events is 'Derived: per user, item and event type counts (see view recsql.user_items)';
+
+create table recsql.item_event_counts (
+    item_key integer not null,
+    event_type text not null,
+    n bigint not null,
+    value_sum numeric not null default 0,
+    constraint item_event_counts_pkey primary key (item_key, event_type)
+);
+
+comment on table recsql.item_event_counts is 'Derived: per item and event type counts';
+
+create table recsql.item_stats (
+    item_key integer constraint item_stats_pkey primary key,
+    n_users integer not null,
+    n_events bigint not null,
+    popularity numeric not null
+);
+
+create index item_stats_popularity_idx on recsql.item_stats (popularity desc, item_key);
+
+comment on table recsql.item_stats is 'Derived: distinct users, events and time-decayed weighted popularity per item';
+comment on column recsql.item_stats.popularity is
+    'Sum of weight * 2^((ts - decay_epoch) / trending_half_life); exact numeric so fold order does not matter';
+
+create table recsql.item_pairs (
+    kind "char" not null constraint item_pairs_kind_check check (kind in ('v', 'p')),
+    item_a integer not null,
+    item_b integer not null,
+    n integer not null,
+    constraint item_pairs_pkey primary key (kind, item_a, item_b)
+);
+
+comment on table recsql.item_pairs is
+    'Derived: kind v = times item_b was in the user''s recent window when item_a entered it; '
+    'kind p = the same over the user''s recent conversions (bought together). Stored in both directions.';

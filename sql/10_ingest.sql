@@ -1,0 +1,163 @@
+-- Ingestion: what happens inside the client's transaction. It only appends (the event row and one
+-- inbox row per statement), so concurrent writers never wait on each other's counters.
+
+-- Generates an event id: time-ordered UUIDv7 where the server has it, so the id index appends.
+do $$
+begin
+    if exists (select 1 from pg_proc where proname = 'uuidv7' and pronamespace = 'pg_catalog'::regnamespace) then
+        execute $f$create function recsql.new_event_id() returns text language sql volatile parallel safe
+            as 'select pg_catalog.uuidv7()::text'$f$;
+    else
+        execute $f$create function recsql.new_event_id() returns text language sql volatile parallel safe
+            as 'select pg_catalog.gen_random_uuid()::text'$f$;
+    end if;
+end
+$$;
+
+comment on function recsql.new_event_id() is 'Generates an event id for events sent without one';
+
+-- Fills server-side columns and drops an event whose id was already stored (idempotent retries).
+create function recsql.events_before_insert() returns trigger
+language plpgsql as $$
+begin
+    if new.event_id is null then
+        new.event_id := recsql.new_event_id();
+    elsif exists (select 1 from recsql.events e where e.event_id = new.event_id) then
+        return null;
+    end if;
+    new.xid := pg_current_xact_id();
+    new.arrived_at := now();
+    return new;
+end
+$$;
+
+comment on function recsql.events_before_insert() is
+    'Fills event_id, xid and arrived_at; skips a duplicate event_id so a retried delivery counts once';
+
+create trigger events_before_insert before insert on recsql.events
+    for each row execute function recsql.events_before_insert();
+
+-- Validates a whole statement at once and queues it for the folder; raising here undoes the statement.
+create function recsql.events_after_insert() returns trigger
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_bad record;
+begin
+    select * into v_settings from recsql.settings;
+
+    select n.event_type into v_bad
+    from new_events n
+    where not exists (select 1 from recsql.event_types t where t.name = n.event_type)
+    limit 1;
+    if found then
+        raise exception 'unknown event type "%"', v_bad.event_type
+            using errcode = '23503',
+                  constraint = 'events_event_type_fkey',
+                  hint = format('Known types: %s. Add a type with INSERT INTO recsql.event_types (name, weight) VALUES (...).',
+                                (select string_agg(name, ', ' order by name) from recsql.event_types));
+    end if;
+
+    select n.event_id, n.ts into v_bad
+    from new_events n
+    where n.ts > now() + v_settings.max_future
+    limit 1;
+    if found then
+        raise exception 'event "%" has timestamp % which is more than % in the future',
+                v_bad.event_id, v_bad.ts, v_settings.max_future
+            using errcode = '23514',
+                  constraint = 'events_ts_check',
+                  hint = 'Send the time the event happened (UTC, ISO 8601), or omit it to use the server time.';
+    end if;
+
+    select n.event_id, n.event_type, n.value, t.value_min, t.value_max into v_bad
+    from new_events n
+    join recsql.event_types t on t.name = n.event_type
+    where t.value_max is not null and (n.value is null or n.value < t.value_min or n.value > t.value_max)
+    limit 1;
+    if found then
+        raise exception 'event "%" of type "%" needs a value between % and %, got %',
+                v_bad.event_id, v_bad.event_type, v_bad.value_min, v_bad.value_max, coalesce(v_bad.value::text, 'none')
+            using errcode = '23514',
+                  constraint = 'events_value_range_check';
+    end if;
+
+    insert into recsql.event_inbox (xid, first_seq, last_seq, n)
+    select pg_current_xact_id(), min(seq), max(seq), count(*)
+    from new_events
+    having count(*) > 0;
+    return null;
+end
+$$;
+
+comment on function recsql.events_after_insert() is
+    'Rejects unknown types, future timestamps and out-of-range values for the whole statement; queues it for folding';
+
+create trigger events_after_insert after insert on recsql.events
+    referencing new table as new_events
+    for each statement execute function recsql.events_after_insert();
+
+-- Events are facts: changing one would silently desynchronise derived state.
+create function recsql.events_guard() returns trigger
+language plpgsql as $$
+begin
+    if tg_op = 'DELETE' and current_setting('recsql.forgetting', true) = 'on' then
+        return null;
+    end if;
+    raise exception '% on recsql.events is not allowed', tg_op
+        using errcode = '55000',
+              hint = 'Events are immutable. Use recsql.forget_user(user_id) to delete a user''s events.';
+end
+$$;
+
+comment on function recsql.events_guard() is 'Blocks UPDATE, DELETE and TRUNCATE of events outside recsql.forget_user()';
+
+create trigger events_guard before update or delete or truncate on recsql.events
+    for each statement execute function recsql.events_guard();
+
+-- Keeps updated_at honest for catalog edits.
+create function recsql.items_touch() returns trigger
+language plpgsql as $$
+begin
+    new.updated_at := now();
+    return new;
+end
+$$;
+
+comment on function recsql.items_touch() is 'Sets items.updated_at on every update';
+
+create trigger items_touch before update on recsql.items
+    for each row execute function recsql.items_touch();
+
+-- The API entry point for one event; same effect as an INSERT, plus a result saying what happened.
+create function recsql.track(
+    user_id text,
+    item_id text,
+    event_type text,
+    ts timestamptz default now(),
+    value double precision default null,
+    event_id text default null,
+    session_id text default null,
+    properties jsonb default '{}'
+) returns table (id text, seq bigint, duplicate boolean)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+    v_event_id text := coalesce(track.event_id, recsql.new_event_id());
+    v_seq bigint;
+begin
+    insert into recsql.events as e (event_id, user_id, item_id, event_type, value, ts, session_id, properties)
+    values (v_event_id, track.user_id, track.item_id, track.event_type, track.value,
+            coalesce(track.ts, now()), track.session_id, coalesce(track.properties, '{}'))
+    on conflict (event_id) do nothing
+    returning e.seq into v_seq;
+    if v_seq is null then
+        return query select v_event_id, (select x.seq from recsql.events x where x.event_id = v_event_id), true;
+    else
+        return query select v_event_id, v_seq, false;
+    end if;
+end
+$$;
+
+comment on function recsql.track(text, text, text, timestamptz, double precision, text, text, jsonb) is
+    'Records one event idempotently (same event_id twice counts once); returns its id and whether it was a duplicate';

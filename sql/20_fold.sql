@@ -1,0 +1,450 @@
+-- Folding: the one place where events become derived state. A single folder at a time (advisory
+-- lock) applies committed events in replay order (xid, seq); every derived value is an exact sum of
+-- per-event or per-formation contributions, so incremental folding, rebuild() and forget_user()
+-- agree to the last digit.
+
+-- Key of the advisory lock that serialises folding, rebuild, forget_user and maintain.
+create function recsql._fold_lock_key() returns bigint
+language sql immutable parallel safe as $$ select 7274006961524951345::bigint $$;
+
+comment on function recsql._fold_lock_key() is 'Advisory lock key held by whoever writes derived state';
+
+-- One event's share of item popularity: weight * 2^((ts - epoch) / half-life), rounded to a fixed
+-- scale so that sums are exact and independent of order.
+create function recsql._popularity(p_weight double precision, p_ts timestamptz, p_epoch timestamptz,
+                                   p_half_life interval)
+returns numeric
+language sql immutable parallel safe as $$
+    select round((p_weight * power(2::double precision,
+        greatest(-1000, least(1000,
+            extract(epoch from p_ts - p_epoch)::double precision
+            / extract(epoch from p_half_life)::double precision))))::numeric, 6)
+$$;
+
+comment on function recsql._popularity(double precision, timestamptz, timestamptz, interval) is
+    'Contribution of one event to item_stats.popularity';
+
+-- Per-session scratch tables: the events being folded (ctx rows are earlier events that only
+-- provide each user's window), pair deltas and new item users. Created once per session.
+create function recsql._batch_reset() returns void
+language plpgsql as $$
+begin
+    if to_regclass('pg_temp.recsql_batch') is null then
+        create temp table recsql_batch (
+            user_id text not null,
+            item_id text not null,
+            item_key integer,
+            event_type text not null,
+            value double precision,
+            ts timestamptz not null,
+            xid xid8 not null,
+            seq bigint not null,
+            ctx boolean not null default false
+        ) on commit delete rows;
+        create temp table recsql_pair_delta (
+            kind "char" not null,
+            item_a integer not null,
+            item_b integer not null,
+            n integer not null
+        ) on commit delete rows;
+        create temp table recsql_new_users (
+            item_key integer not null,
+            n integer not null
+        ) on commit delete rows;
+    else
+        truncate pg_temp.recsql_batch, pg_temp.recsql_pair_delta, pg_temp.recsql_new_users;
+    end if;
+end
+$$;
+
+comment on function recsql._batch_reset() is 'Creates or empties the session''s scratch tables used while folding';
+
+-- Gives every batch event its item_key, registering items seen for the first time.
+create function recsql._batch_resolve_items() returns void
+language plpgsql as $$
+begin
+    insert into recsql.items (item_id)
+    select distinct b.item_id
+    from pg_temp.recsql_batch b
+    where b.item_key is null
+      and not exists (select 1 from recsql.items i where i.item_id = b.item_id)
+    order by 1
+    on conflict (item_id) do nothing;
+
+    update pg_temp.recsql_batch b
+    set item_key = i.item_key
+    from recsql.items i
+    where b.item_key is null and i.item_id = b.item_id;
+
+    if (select count(*) from pg_temp.recsql_batch) > 1000 then
+        analyze pg_temp.recsql_batch;
+    end if;
+end
+$$;
+
+comment on function recsql._batch_resolve_items() is 'Maps batch item ids to item keys; an unknown item is registered';
+
+-- Adds, per user in the batch, the earlier events that fall inside the pair windows.
+create function recsql._batch_add_context() returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+
+    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq, ctx)
+    with firsts as (
+        select distinct on (b.user_id) b.user_id, b.xid, b.seq
+        from pg_temp.recsql_batch b
+        where not b.ctx
+        order by b.user_id, b.xid, b.seq
+    ), earlier as (
+        select c.*
+        from firsts f
+        cross join lateral (
+            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
+            from recsql.events e
+            join recsql.event_types t on t.name = e.event_type
+            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.forms_pairs
+            order by e.xid desc, e.seq desc
+            limit v_settings.cooc_window
+        ) c
+        union
+        select c.*
+        from firsts f
+        cross join lateral (
+            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
+            from recsql.events e
+            join recsql.event_types t on t.name = e.event_type
+            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.is_conversion
+            order by e.xid desc, e.seq desc
+            limit v_settings.purchase_window
+        ) c
+    )
+    select x.user_id, x.item_id, i.item_key, x.event_type, x.value, x.ts, x.xid, x.seq, true
+    from earlier x
+    join recsql.items i on i.item_id = x.item_id;
+end
+$$;
+
+comment on function recsql._batch_add_context() is
+    'Loads each batch user''s previous window events so pairs formed across fold boundaries are counted';
+
+-- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's non-context events
+-- whose ts lies in [p_from, p_to). kind v: pair-forming events, window cooc_window; kind p:
+-- conversions, window purchase_window. An event forms a pair with each distinct item among the
+-- user's previous N events of that kind, unless its own item is among them (no inflation by repeats).
+create function recsql._apply_pairs(p_sign integer, p_from timestamptz, p_to timestamptz) returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+
+    truncate pg_temp.recsql_pair_delta;
+
+    insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
+    with src as (
+        select 'v'::"char" as kind, b.user_id, b.item_key, b.ts, b.xid, b.seq, b.ctx
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.forms_pairs
+        union all
+        select 'p'::"char", b.user_id, b.item_key, b.ts, b.xid, b.seq, b.ctx
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.is_conversion
+    ), windowed as (
+        select s.kind, s.item_key, s.ts, s.ctx,
+               case s.kind
+                   when 'v' then array_agg(s.item_key) over (
+                       partition by s.kind, s.user_id order by s.xid, s.seq
+                       rows between v_settings.cooc_window preceding and 1 preceding)
+                   else array_agg(s.item_key) over (
+                       partition by s.kind, s.user_id order by s.xid, s.seq
+                       rows between v_settings.purchase_window preceding and 1 preceding)
+               end as prev
+        from src s
+    ), formed as (
+        select w.kind, w.item_key as a, p.b
+        from windowed w
+        cross join lateral (select distinct x as b from unnest(w.prev) as x) p
+        where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
+    ), directed as (
+        select kind, a, b from formed
+        union all
+        select kind, b, a from formed
+    )
+    select kind, a, b, p_sign * count(*)::integer
+    from directed
+    group by kind, a, b;
+
+    insert into recsql.item_pairs as p (kind, item_a, item_b, n)
+    select d.kind, d.item_a, d.item_b, d.n
+    from pg_temp.recsql_pair_delta d
+    order by d.kind, d.item_a, d.item_b
+    on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
+
+    if p_sign < 0 then
+        delete from recsql.item_pairs p
+        using pg_temp.recsql_pair_delta d
+        where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
+    end if;
+end
+$$;
+
+comment on function recsql._apply_pairs(integer, timestamptz, timestamptz) is
+    'Counts (or uncounts) the co-occurrence and bought-together pairs formed by the batch events';
+
+-- Adds the batch's non-context events to the per user/item/type statistics.
+create function recsql._apply_stats() returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+    if v_settings.decay_epoch is null then
+        update recsql.settings
+        set decay_epoch = (select date_trunc('day', min(ts)) from pg_temp.recsql_batch where not ctx)
+        returning * into v_settings;
+    end if;
+
+    -- Items gaining a user: any (user, item) with no earlier event.
+    truncate pg_temp.recsql_new_users;
+    insert into pg_temp.recsql_new_users (item_key, n)
+    select u.item_key, count(*)
+    from (select distinct b.user_id, b.item_key from pg_temp.recsql_batch b where not b.ctx) u
+    where not exists (
+        select 1 from recsql.user_item_events x where x.user_id = u.user_id and x.item_key = u.item_key)
+    group by u.item_key;
+
+    insert into recsql.user_item_events as x (user_id, item_key, event_type, n, value_sum, first_ts, last_ts)
+    select b.user_id, b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0), min(b.ts), max(b.ts)
+    from pg_temp.recsql_batch b
+    where not b.ctx
+    group by b.user_id, b.item_key, b.event_type
+    order by b.user_id, b.item_key, b.event_type
+    on conflict (user_id, item_key, event_type) do update
+    set n = x.n + excluded.n,
+        value_sum = x.value_sum + excluded.value_sum,
+        first_ts = least(x.first_ts, excluded.first_ts),
+        last_ts = greatest(x.last_ts, excluded.last_ts);
+
+    insert into recsql.item_event_counts as c (item_key, event_type, n, value_sum)
+    select b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0)
+    from pg_temp.recsql_batch b
+    where not b.ctx
+    group by b.item_key, b.event_type
+    order by b.item_key, b.event_type
+    on conflict (item_key, event_type) do update
+    set n = c.n + excluded.n, value_sum = c.value_sum + excluded.value_sum;
+
+    insert into recsql.item_stats as s (item_key, n_users, n_events, popularity)
+    select e.item_key, coalesce(nu.n, 0), e.n_events, e.popularity
+    from (
+        select b.item_key, count(*) as n_events,
+               sum(recsql._popularity(t.weight, b.ts, v_settings.decay_epoch, v_settings.trending_half_life)) as popularity
+        from pg_temp.recsql_batch b
+        join recsql.event_types t on t.name = b.event_type
+        where not b.ctx
+        group by b.item_key
+    ) e
+    left join pg_temp.recsql_new_users nu on nu.item_key = e.item_key
+    order by e.item_key
+    on conflict (item_key) do update
+    set n_users = s.n_users + excluded.n_users,
+        n_events = s.n_events + excluded.n_events,
+        popularity = s.popularity + excluded.popularity;
+end
+$$;
+
+comment on function recsql._apply_stats() is 'Adds the batch events to user_item_events, item_event_counts and item_stats';
+
+-- Folds every committed event that no running transaction can precede; returns how many.
+create function recsql.flush() returns bigint
+language plpgsql as $$
+declare
+    v_horizon xid8;
+    v_n bigint;
+    v_cooc_horizon timestamptz;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    -- Every transaction older than the snapshot's xmin has ended, so no event can still appear
+    -- before the ones folded here in (xid, seq) order.
+    v_horizon := pg_snapshot_xmin(pg_current_snapshot());
+    perform recsql._batch_reset();
+
+    with taken as (
+        delete from recsql.event_inbox q where q.xid < v_horizon
+        returning q.xid, q.first_seq, q.last_seq
+    )
+    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+    select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+    from taken q
+    join recsql.events e on e.seq between q.first_seq and q.last_seq and e.xid = q.xid
+    left join recsql.items i on i.item_id = e.item_id;
+    get diagnostics v_n = row_count;
+
+    if v_n > 0 then
+        perform recsql._batch_resolve_items();
+        perform recsql._batch_add_context();
+        perform recsql._apply_stats();
+        select coalesce(cooc_horizon, '-infinity') into v_cooc_horizon from recsql.fold_state;
+        perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
+    end if;
+
+    update recsql.fold_state
+    set horizon = greatest(horizon, v_horizon),
+        folded_events = folded_events + v_n,
+        last_fold_at = now();
+    return v_n;
+end
+$$;
+
+comment on function recsql.flush() is
+    'Folds committed events into derived state now (the worker calls this continuously); returns the count';
+
+-- Recomputes all derived state from the event log, in the same replay order as incremental folding.
+create function recsql.rebuild() returns bigint
+language plpgsql as $$
+declare
+    v_horizon xid8;
+    v_n bigint;
+    v_cooc_horizon timestamptz;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    v_horizon := pg_snapshot_xmin(pg_current_snapshot());
+
+    truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs;
+    delete from recsql.event_inbox where xid < v_horizon;
+
+    perform recsql._batch_reset();
+    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+    select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+    from recsql.events e
+    left join recsql.items i on i.item_id = e.item_id
+    where e.xid < v_horizon;
+    get diagnostics v_n = row_count;
+
+    if v_n > 0 then
+        perform recsql._batch_resolve_items();
+        perform recsql._apply_stats();
+        select coalesce(cooc_horizon, '-infinity') into v_cooc_horizon from recsql.fold_state;
+        perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
+    end if;
+
+    update recsql.fold_state
+    set horizon = greatest(horizon, v_horizon), folded_events = v_n, last_fold_at = now();
+    return v_n;
+end
+$$;
+
+comment on function recsql.rebuild() is 'Recomputes all derived state from recsql.events; returns the number of events replayed';
+
+-- Deletes a user's events and removes exactly their contribution from every derived table.
+create function recsql.forget_user(p_user_id text) returns bigint
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_horizon xid8;
+    v_cooc_horizon timestamptz;
+    v_n bigint;
+begin
+    if p_user_id is null then
+        raise exception 'forget_user needs a user id' using errcode = '22004';
+    end if;
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    -- Fold first so that every visible event of the user below the horizon is in derived state.
+    perform recsql.flush();
+    select * into v_settings from recsql.settings;
+    select horizon, coalesce(cooc_horizon, '-infinity') into v_horizon, v_cooc_horizon from recsql.fold_state;
+
+    perform recsql._batch_reset();
+    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+    select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+    from recsql.events e
+    join recsql.items i on i.item_id = e.item_id
+    where e.user_id = p_user_id and e.xid < v_horizon;
+
+    perform recsql._apply_pairs(-1, v_cooc_horizon, 'infinity');
+
+    update recsql.item_event_counts c
+    set n = c.n - x.n, value_sum = c.value_sum - x.value_sum
+    from (select item_key, event_type, sum(n) as n, sum(value_sum) as value_sum
+          from recsql.user_item_events where user_id = p_user_id
+          group by item_key, event_type) x
+    where c.item_key = x.item_key and c.event_type = x.event_type;
+    delete from recsql.item_event_counts where n <= 0;
+
+    update recsql.item_stats s
+    set n_users = s.n_users - 1,
+        n_events = s.n_events - x.n_events,
+        popularity = s.popularity - x.popularity
+    from (select b.item_key, count(*) as n_events,
+                 sum(recsql._popularity(t.weight, b.ts, v_settings.decay_epoch, v_settings.trending_half_life)) as popularity
+          from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+          group by b.item_key) x
+    where s.item_key = x.item_key;
+    delete from recsql.item_stats where n_events <= 0;
+
+    delete from recsql.user_item_events where user_id = p_user_id;
+
+    perform set_config('recsql.forgetting', 'on', true);
+    delete from recsql.events where user_id = p_user_id;
+    get diagnostics v_n = row_count;
+    perform set_config('recsql.forgetting', 'off', true);
+    return v_n;
+end
+$$;
+
+comment on function recsql.forget_user(text) is
+    'Deletes the user''s events and their contribution to all derived state, in the caller''s transaction';
+
+-- Periodic upkeep: expires old pair formations (the storage bound) and re-bases popularity.
+create function recsql.maintain() returns table (expired_before timestamptz, pair_rows bigint)
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_old timestamptz;
+    v_new timestamptz;
+    v_horizon xid8;
+    v_shift double precision;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    perform recsql.flush();
+    select * into v_settings from recsql.settings;
+    select coalesce(cooc_horizon, '-infinity'), horizon into v_old, v_horizon from recsql.fold_state;
+    v_new := date_trunc('day', now() - v_settings.cooc_retention);
+
+    if v_new > v_old then
+        perform recsql._batch_reset();
+        insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+        select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+        from recsql.events e
+        join recsql.items i on i.item_id = e.item_id
+        where e.xid < v_horizon
+          and e.user_id in (select x.user_id from recsql.events x where x.ts >= v_old and x.ts < v_new);
+        if (select count(*) from pg_temp.recsql_batch) > 1000 then
+            analyze pg_temp.recsql_batch;
+        end if;
+        perform recsql._apply_pairs(-1, v_old, v_new);
+        update recsql.fold_state set cooc_horizon = v_new;
+    end if;
+
+    -- Popularity is stored relative to decay_epoch; move the epoch before 2^x leaves float range.
+    if v_settings.decay_epoch is not null then
+        v_shift := extract(epoch from now() - v_settings.decay_epoch)
+                   / extract(epoch from v_settings.trending_half_life);
+        if v_shift > 500 then
+            update recsql.item_stats
+            set popularity = round(popularity * power(2::numeric, -floor(v_shift)::integer), 6);
+            update recsql.settings
+            set decay_epoch = decay_epoch + floor(v_shift) * trending_half_life;
+        end if;
+    end if;
+
+    return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
+                 from recsql.fold_state fs;
+end
+$$;
+
+comment on function recsql.maintain() is
+    'Expires pair formations older than settings.cooc_retention and keeps popularity in range; run daily';

@@ -1,0 +1,293 @@
+-- Queries: read derived state (and the user's freshest events) and rank items. Each public function
+-- returns item_id text and score double precision first.
+
+-- Scores the items paired with weighted source items; the core of every personalised list.
+create function recsql._pair_scores(p_kind "char", p_sources integer[], p_weights double precision[])
+returns table (item_key integer, source_key integer, contribution double precision, together integer)
+language sql stable parallel safe as $$
+    with s as (
+        select * from recsql.settings
+    ), src as (
+        select u.k, max(u.w) as w
+        from unnest(p_sources, p_weights) as u(k, w)
+        where u.k is not null and u.w > 0
+        group by u.k
+    )
+    select c.item_b,
+           src.k,
+           src.w * case s.similarity
+               when 'cosine' then c.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
+               when 'jaccard' then c.n / greatest(sa.n_users + sb.n_users - c.n, c.n, 1)::double precision
+               else c.n::double precision
+           end,
+           c.n
+    from src
+    cross join s
+    join recsql.item_stats sa on sa.item_key = src.k
+    cross join lateral (
+        select p.item_b, p.n
+        from recsql.item_pairs p
+        where p.kind = p_kind and p.item_a = src.k and p.n >= s.min_support
+        order by p.n desc, p.item_b
+        limit s.candidate_limit
+    ) c
+    join recsql.item_stats sb on sb.item_key = c.item_b
+$$;
+
+comment on function recsql._pair_scores("char", integer[], double precision[]) is
+    'Similarity-weighted contributions of source items to their paired items (cosine, jaccard or count)';
+
+-- The user's recent events, read straight from the log so a committed event counts at once.
+create function recsql._user_sources(p_user_id text)
+returns table (item_key integer, item_id text, weight double precision, converted boolean)
+language sql stable parallel safe as $$
+    with s as (
+        select * from recsql.settings
+    ), recent as (
+        select e.item_id, e.event_type, e.value,
+               (row_number() over (order by e.xid desc, e.seq desc) - 1)::integer as rank
+        from (
+            select e.item_id, e.event_type, e.value, e.xid, e.seq
+            from recsql.events e
+            where e.user_id = p_user_id
+            order by e.xid desc, e.seq desc
+            limit (select history_length from s)
+        ) e
+    ), per_type as (
+        select r.item_id, r.event_type, count(*) as n, avg(r.value) as mean_value, min(r.rank) as rank
+        from recent r
+        group by r.item_id, r.event_type
+    ), per_item as (
+        select pt.item_id,
+               sum(t.weight * ln(1 + pt.n) / ln(2)
+                   * case when t.value_max is null then 1 else coalesce(pt.mean_value / t.value_max, 1) end) as strength,
+               min(pt.rank) as rank,
+               bool_or(t.is_conversion) as converted
+        from per_type pt
+        join recsql.event_types t on t.name = pt.event_type
+        group by pt.item_id
+    )
+    select i.item_key,
+           p.item_id,
+           greatest(p.strength, 0) * power(2::double precision, -p.rank / s.history_half_life),
+           p.converted
+    from per_item p
+    cross join s
+    left join recsql.items i on i.item_id = p.item_id
+$$;
+
+comment on function recsql._user_sources(text) is
+    'Weights of the items in the user''s recent history: damped per-type counts times recency';
+
+-- Items to leave out of a user's list: purchased ones, or everything seen.
+create function recsql._user_excluded(p_user_id text, p_purchased boolean, p_seen boolean)
+returns table (item_key integer)
+language sql stable parallel safe as $$
+    select x.item_key
+    from recsql.user_item_events x
+    join recsql.event_types t on t.name = x.event_type
+    where x.user_id = p_user_id and (p_seen or (p_purchased and t.is_conversion))
+    union
+    select s.item_key
+    from recsql._user_sources(p_user_id) s
+    where s.item_key is not null and (p_seen or (p_purchased and s.converted))
+$$;
+
+comment on function recsql._user_excluded(text, boolean, boolean) is
+    'Items the user converted on (or interacted with), folded or still in flight';
+
+-- Checks a list size argument once, with the same message everywhere.
+create function recsql._check_k(p_k integer) returns integer
+language plpgsql immutable as $$
+begin
+    if p_k is null or p_k < 1 or p_k > 1000 then
+        raise exception 'k must be between 1 and 1000, got %', coalesce(p_k::text, 'null')
+            using errcode = '22023';
+    end if;
+    return p_k;
+end
+$$;
+
+comment on function recsql._check_k(integer) is 'Returns k, or rejects a missing, zero, negative or huge k';
+
+-- Ranks items for a list of weighted sources, fills up with trending items, never repeats an item.
+create function recsql._rank(p_sources integer[], p_weights double precision[], p_excluded integer[], p_k integer,
+                             p_category text, p_in_stock_only boolean)
+returns table (item_id text, score double precision, reason text)
+language sql stable parallel safe as $$
+    with personal as (
+        select sc.item_key, sc.score, src.item_id as source_id
+        from (
+            select ps.item_key, sum(ps.contribution) as score,
+                   (array_agg(ps.source_key order by ps.contribution desc, ps.source_key))[1] as top_source
+            from recsql._pair_scores('v', p_sources, p_weights) ps
+            where ps.item_key <> all (p_excluded)
+            group by ps.item_key
+        ) sc
+        join recsql.items i on i.item_key = sc.item_key
+        join recsql.items src on src.item_key = sc.top_source
+        where (p_category is null or i.category = p_category)
+          and (not p_in_stock_only or i.in_stock)
+        order by sc.score desc, sc.item_key
+        limit p_k
+    ), fill as (
+        select st.item_key, st.popularity
+        from recsql.item_stats st
+        join recsql.items i on i.item_key = st.item_key
+        where st.popularity > 0
+          and (p_category is null or i.category = p_category)
+          and (not p_in_stock_only or i.in_stock)
+          and st.item_key <> all (p_excluded)
+          and st.item_key not in (select item_key from personal)
+        order by st.popularity desc, st.item_key
+        limit p_k
+    )
+    select r.item_id, r.score, r.reason
+    from (
+        select i.item_id, p.score, 'similar to ' || p.source_id as reason, 0 as grp, p.score as ord, p.item_key
+        from personal p join recsql.items i on i.item_key = p.item_key
+        union all
+        select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
+        from fill f join recsql.items i on i.item_key = f.item_key
+    ) r
+    order by r.grp, r.ord desc, r.item_key
+    limit p_k
+$$;
+
+comment on function recsql._rank(integer[], double precision[], integer[], integer, text, boolean) is
+    'Shared ranking of recommend() and session_recommend(): co-occurrence scores, then trending fill';
+
+-- Personalised top-k for a user from their recent history; trending for users with none.
+create function recsql.recommend(
+    user_id text,
+    k integer default 10,
+    category text default null,
+    in_stock_only boolean default false,
+    exclude_purchased boolean default true,
+    exclude_seen boolean default false
+) returns table (item_id text, score double precision, reason text)
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_sources integer[];
+    v_weights double precision[];
+    v_excluded integer[];
+begin
+    perform recsql._check_k(k);
+    if recommend.user_id is null then
+        raise exception 'recommend needs a user id' using errcode = '22004';
+    end if;
+    select coalesce(array_agg(s.item_key), '{}'), coalesce(array_agg(s.weight), '{}')
+    into v_sources, v_weights
+    from recsql._user_sources(recommend.user_id) s
+    where s.item_key is not null;
+    select coalesce(array_agg(x.item_key), '{}') into v_excluded
+    from recsql._user_excluded(recommend.user_id, coalesce(exclude_purchased, true), coalesce(exclude_seen, false)) x;
+    return query
+    select r.item_id, r.score, r.reason
+    from recsql._rank(v_sources, v_weights, v_excluded, k, category, coalesce(in_stock_only, false)) r;
+end
+$$;
+
+comment on function recsql.recommend(text, integer, text, boolean, boolean, boolean) is
+    'Personalised recommendations: co-occurrence neighbours of the user''s recent items, trending as fallback';
+
+-- Recommendations for an anonymous session given the items it touched (most recent last).
+create function recsql.session_recommend(item_ids text[], k integer default 10, category text default null,
+                                         in_stock_only boolean default false)
+returns table (item_id text, score double precision, reason text)
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_sources integer[];
+    v_weights double precision[];
+    v_half_life double precision;
+begin
+    perform recsql._check_k(k);
+    select history_half_life into v_half_life from recsql.settings;
+    select coalesce(array_agg(i.item_key), '{}'),
+           coalesce(array_agg(power(2::double precision, -(cardinality(item_ids) - u.pos) / v_half_life)), '{}')
+    into v_sources, v_weights
+    from unnest(coalesce(item_ids, '{}')) with ordinality as u(id, pos)
+    join recsql.items i on i.item_id = u.id;
+    return query
+    select r.item_id, r.score, r.reason
+    from recsql._rank(v_sources, v_weights, v_sources, k, category, coalesce(in_stock_only, false)) r;
+end
+$$;
+
+comment on function recsql.session_recommend(text[], integer, text, boolean) is
+    'Recommendations for an anonymous session from the items it viewed, most recent last';
+
+-- Items most often in the same recent window as the given item, normalised for popularity.
+create function recsql.similar_items(item_id text, k integer default 10)
+returns table (item_id text, score double precision, together integer)
+language sql stable as $$
+    select i.item_id, ps.contribution, ps.together
+    from recsql.items src
+    cross join lateral recsql._pair_scores('v', array[src.item_key], array[1::double precision]) ps
+    join recsql.items i on i.item_key = ps.item_key
+    where src.item_id = similar_items.item_id
+    order by ps.contribution desc, ps.item_key
+    limit recsql._check_k(similar_items.k)
+$$;
+
+comment on function recsql.similar_items(text, integer) is 'Items similar to the given one by normalised co-occurrence';
+
+-- Items bought by the same users close to the given item, normalised for popularity.
+create function recsql.bought_together(item_id text, k integer default 10)
+returns table (item_id text, score double precision, together integer)
+language sql stable as $$
+    select i.item_id, ps.contribution, ps.together
+    from recsql.items src
+    cross join lateral recsql._pair_scores('p', array[src.item_key], array[1::double precision]) ps
+    join recsql.items i on i.item_key = ps.item_key
+    where src.item_id = bought_together.item_id
+    order by ps.contribution desc, ps.item_key
+    limit recsql._check_k(bought_together.k)
+$$;
+
+comment on function recsql.bought_together(text, integer) is 'Items bought together with the given one';
+
+-- Items by time-decayed weighted popularity; score is weighted events per half-life as of now.
+create function recsql.trending(k integer default 10, category text default null)
+returns table (item_id text, score double precision)
+language sql stable as $$
+    select i.item_id,
+           (st.popularity::double precision
+            * power(2::double precision, -greatest(-1000, least(1000,
+                extract(epoch from now() - s.decay_epoch)::double precision
+                / extract(epoch from s.trending_half_life)::double precision))))
+    from recsql.item_stats st
+    join recsql.items i on i.item_key = st.item_key
+    cross join recsql.settings s
+    where st.popularity > 0 and (trending.category is null or i.category = trending.category)
+    order by st.popularity desc, st.item_key
+    limit recsql._check_k(trending.k)
+$$;
+
+comment on function recsql.trending(integer, text) is 'Trending items (time-decayed popularity), optionally in one category';
+
+-- Why an item is recommended to a user: each recent item's contribution.
+create function recsql.explain(user_id text, item_id text)
+returns table (source_item_id text, contribution double precision, share double precision,
+               source_weight double precision, together integer)
+language sql stable as $$
+    with src as (
+        select s.item_key, s.weight from recsql._user_sources(explain.user_id) s where s.item_key is not null
+    ), target as (
+        select i.item_key from recsql.items i where i.item_id = explain.item_id
+    ), c as (
+        select ps.source_key, ps.contribution, ps.together
+        from recsql._pair_scores('v', (select array_agg(item_key) from src), (select array_agg(weight) from src)) ps
+        where ps.item_key = (select item_key from target)
+    )
+    select i.item_id, c.contribution, c.contribution / nullif(sum(c.contribution) over (), 0), src.weight, c.together
+    from c
+    join src on src.item_key = c.source_key
+    join recsql.items i on i.item_key = c.source_key
+    order by c.contribution desc, i.item_id
+$$;
+
+comment on function recsql.explain(text, text) is
+    'The user''s recent items that make item_id a recommendation, with their contributions and shares';

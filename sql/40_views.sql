@@ -1,0 +1,60 @@
+-- Stable views for analysts and BI tools. Column names here are a contract: add, never rename.
+
+create view recsql.user_items as
+select x.user_id,
+       i.item_id,
+       greatest(0, sum(t.weight * ln(1 + x.n) / ln(2)
+           * case when t.value_max is null then 1
+                  else coalesce((x.value_sum / x.n)::double precision / t.value_max, 1) end)) as strength,
+       sum(x.n)::bigint as events,
+       min(x.first_ts) as first_ts,
+       max(x.last_ts) as last_ts,
+       bool_or(t.is_conversion) as converted
+from recsql.user_item_events x
+join recsql.event_types t on t.name = x.event_type
+join recsql.items i on i.item_key = x.item_key
+group by x.user_id, i.item_id;
+
+comment on view recsql.user_items is
+    'Interaction strength per user and item: sum over types of weight * log2(1 + count), floored at 0';
+
+create view recsql.item_popularity as
+select i.item_id,
+       i.title,
+       i.category,
+       st.n_users,
+       st.n_events,
+       (st.popularity::double precision
+        * power(2::double precision, -greatest(-1000, least(1000,
+            extract(epoch from now() - s.decay_epoch)::double precision
+            / extract(epoch from s.trending_half_life)::double precision)))) as trending_score
+from recsql.item_stats st
+join recsql.items i on i.item_key = st.item_key
+cross join recsql.settings s;
+
+comment on view recsql.item_popularity is 'Per item: distinct users, events, and trending score as of now';
+
+create view recsql.item_neighbors as
+select a.item_id,
+       b.item_id as neighbor_id,
+       case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
+       p.n as together,
+       p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1)) as cosine
+from recsql.item_pairs p
+join recsql.items a on a.item_key = p.item_a
+join recsql.items b on b.item_key = p.item_b
+join recsql.item_stats sa on sa.item_key = p.item_a
+join recsql.item_stats sb on sb.item_key = p.item_b;
+
+comment on view recsql.item_neighbors is 'Every stored item pair with its count and cosine similarity';
+
+create view recsql.fold_status as
+select (select count(*) from recsql.event_inbox) as pending_statements,
+       (select coalesce(sum(n), 0) from recsql.event_inbox)::bigint as pending_events,
+       f.folded_events,
+       f.last_fold_at,
+       extract(epoch from now() - f.last_fold_at)::double precision as seconds_since_fold,
+       f.cooc_horizon
+from recsql.fold_state f;
+
+comment on view recsql.fold_status is 'Folder progress: events waiting to reach derived state, and when it last ran';
