@@ -21,7 +21,6 @@ from psycopg.rows import dict_row
 from recsql import config, embedded, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = "recsql_test_template"
 
 
 def _server_url() -> str:
@@ -65,10 +64,12 @@ def server_url() -> str:
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
     """A database migrated to head with Alembic, used as the template for every test database."""
-    url = create_database(server_url, TEMPLATE)
+    # Per-process name, so concurrent test runs on one server do not trample each other.
+    name = f"recsql_template_{os.getpid()}"
+    url = create_database(server_url, name)
     migrate.upgrade(url)
-    yield TEMPLATE
-    drop_database(server_url, TEMPLATE)
+    yield name
+    drop_database(server_url, name)
 
 
 @pytest.fixture

@@ -814,6 +814,26 @@ $$;
 
 comment on function recsql.maintain() is
     'Expires pair formations older than settings.cooc_retention and keeps popularity in range; run daily';
+
+-- Order-independent fingerprint of derived state, to check incremental state against rebuild().
+create function recsql.state_digest()
+returns table (table_name text, row_count bigint, checksum numeric)
+language sql stable as $$
+    select 'user_item_events', count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)
+    from recsql.user_item_events x
+    union all
+    select 'item_event_counts', count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)
+    from recsql.item_event_counts x
+    union all
+    select 'item_stats', count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)
+    from recsql.item_stats x
+    union all
+    select 'item_pairs', count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)
+    from recsql.item_pairs x
+$$;
+
+comment on function recsql.state_digest() is
+    'Row counts and checksums of every derived table; equal digests mean equal state';
 -- Queries: read derived state (and the user's freshest events) and rank items. Each public function
 -- returns item_id text and score double precision first.
 

@@ -1,0 +1,68 @@
+"""16 writers at once, with a hot item and overlapping users, while the folder runs."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import psycopg
+
+from recsql.worker import Folder
+from tests.db.helpers import assert_same_state, rebuilt_snapshot, snapshot
+
+WRITERS = 16
+TXNS_PER_WRITER = 25
+TYPES = ["view", "view", "view", "add_to_cart", "purchase", "remove_from_cart"]
+
+
+def writer(url: str, seed: int, sent: list[int], errors: list[BaseException]) -> None:
+    rng = random.Random(seed)
+    try:
+        with psycopg.connect(url) as conn:
+            for t in range(TXNS_PER_WRITER):
+                size = 1 if t % 2 == 0 else rng.randint(2, 8)
+                with conn.transaction():
+                    for i in range(size):
+                        # A hot item takes ~40% of traffic; users overlap across writers.
+                        item = "hot" if rng.random() < 0.4 else f"i{rng.randint(0, 30)}"
+                        user = f"u{rng.randint(0, 20)}"
+                        event_type = rng.choice(TYPES)
+                        if i % 3 == 2:
+                            conn.execute(
+                                "INSERT INTO recsql.events (user_id, item_id, event_type) VALUES (%s, %s, %s)",
+                                (user, item, event_type),
+                            )
+                        else:
+                            conn.execute("SELECT * FROM recsql.track(%s, %s, %s)", (user, item, event_type))
+                sent.append(size)
+    except BaseException as exc:  # collected and asserted on in the main thread
+        errors.append(exc)
+
+
+def test_sixteen_writers_no_deadlock_no_lost_update(db_url, conn):
+    folder = Folder(db_url, idle_s=0.01)
+    folder.start_thread()
+    sent: list[int] = []
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=writer, args=(db_url, seed, sent, errors)) for seed in range(WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    folder.stop()
+
+    assert errors == []
+    assert len(sent) == WRITERS * TXNS_PER_WRITER
+    total = sum(sent)
+    conn.execute("SELECT recsql.flush()")
+    stored = conn.execute("SELECT count(*) AS n FROM recsql.events").fetchone()["n"]
+    assert stored == total
+    folded = conn.execute("SELECT sum(n_events) AS n FROM recsql.item_stats").fetchone()["n"]
+    assert folded == total
+    hot = conn.execute(
+        "SELECT s.n_events, (SELECT count(*) FROM recsql.events WHERE item_id = 'hot') AS logged"
+        " FROM recsql.item_stats s JOIN recsql.items i USING (item_key) WHERE i.item_id = 'hot'"
+    ).fetchone()
+    assert hot["n_events"] == hot["logged"] > total * 0.3
+    assert folder.folded > 0
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))

@@ -1,0 +1,81 @@
+"""The Alembic history builds exactly the database that sql/ describes, and unwinds to nothing."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from recsql import migrate
+from tests.conftest import create_database, drop_database
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+CATALOG = {
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attnum
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'recsql'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY 1, 7""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = 'recsql'::regnamespace ORDER BY 1, 2""",
+    "indexes": """
+        SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'recsql' ORDER BY 1""",
+    "functions": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
+               p.provolatile, md5(p.prosrc), obj_description(p.oid, 'pg_proc')
+        FROM pg_proc p WHERE p.pronamespace = 'recsql'::regnamespace ORDER BY 1, 2""",
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        FROM pg_trigger WHERE NOT tgisinternal AND tgrelid::regclass::text LIKE 'recsql.%' ORDER BY 1, 2""",
+    "views": """
+        SELECT viewname, md5(definition) FROM pg_views WHERE schemaname = 'recsql' ORDER BY 1""",
+    "comments": """
+        SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c
+        WHERE c.relnamespace = 'recsql'::regnamespace ORDER BY 1""",
+    "seed": """
+        SELECT name, weight, forms_pairs, is_conversion, value_min, value_max FROM recsql.event_types ORDER BY 1""",
+}
+
+
+def catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    with psycopg.connect(url) as conn:
+        return {name: conn.execute(query).fetchall() for name, query in CATALOG.items()}
+
+
+def test_migrations_build_the_schema_of_sql_dir(server_url):
+    names = [f"recsql_mig_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    from_sql, from_alembic = (create_database(server_url, n) for n in names)
+    try:
+        with psycopg.connect(from_sql, autocommit=True) as conn:
+            for path in sorted(SQL_DIR.glob("*.sql")):
+                conn.execute(path.read_text())
+        migrate.upgrade(from_alembic)
+        expected, actual = catalog(from_sql), catalog(from_alembic)
+        for part in CATALOG:
+            assert actual[part] == expected[part], f"{part} differ: run the migration for your sql/ change"
+        assert len(expected["functions"]) > 20 and len(expected["triggers"]) >= 4
+    finally:
+        for n in names:
+            drop_database(server_url, n)
+
+
+def test_downgrade_to_base_and_up_again(server_url):
+    name = f"recsql_mig_{uuid.uuid4().hex[:8]}"
+    url = create_database(server_url, name)
+    try:
+        migrate.upgrade(url)
+        assert migrate.current(url) == migrate.head()
+        migrate.downgrade(url, "base")
+        assert migrate.current(url) is None
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regnamespace('recsql')").fetchone() == (None,)
+        migrate.upgrade(url)
+        assert migrate.current(url) == migrate.head()
+    finally:
+        drop_database(server_url, name)
