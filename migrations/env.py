@@ -15,8 +15,12 @@ def run_migrations_online() -> None:
     # The URL goes to psycopg as is; SQLAlchemy only wraps the connection for Alembic.
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=None, version_table=VERSION_TABLE,
-                          transaction_per_migration=False)
+        context.configure(
+            connection=connection,
+            target_metadata=None,
+            version_table=VERSION_TABLE,
+            transaction_per_migration=False,
+        )
         with context.begin_transaction():
             context.run_migrations()
 

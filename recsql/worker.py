@@ -20,8 +20,13 @@ MAINTAIN_EVERY_S = 3600.0
 class Folder:
     """Calls recsql.flush() in a loop: immediately again while there is work, else every ``idle_s``."""
 
-    def __init__(self, url: str | None = None, *, idle_s: float = 0.1,
-                 on_fold: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        idle_s: float = 0.1,
+        on_fold: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.url = url
         self.idle_s = idle_s
         self.on_fold = on_fold

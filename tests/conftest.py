@@ -43,8 +43,11 @@ def create_database(server_url: str, name: str, template: str | None = None) -> 
     with _admin(server_url) as admin:
         _drop(admin, name)
         if template:
-            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                          sql.Identifier(template)))
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
         else:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return make_conninfo(server_url, dbname=name)

@@ -34,7 +34,9 @@ def rebuilt_snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any,
     return snapshot(conn)
 
 
-def assert_same_state(incremental: dict[str, list[tuple[Any, ...]]], rebuilt: dict[str, list[tuple[Any, ...]]]) -> None:
+def assert_same_state(
+    incremental: dict[str, list[tuple[Any, ...]]], rebuilt: dict[str, list[tuple[Any, ...]]]
+) -> None:
     for table in DERIVED:
         a, b = incremental[table], rebuilt[table]
         if a != b:

@@ -54,12 +54,16 @@ def apply_step(conn: psycopg.Connection[Any], kind: str, events: list[dict[str, 
             cur.executemany(INSERT, rows)
     elif kind == "copy":
         with conn.cursor() as cur:
-            with cur.copy("COPY recsql.events (event_id, user_id, item_id, event_type, value, ts) FROM STDIN") as cp:
+            with cur.copy(
+                "COPY recsql.events (event_id, user_id, item_id, event_type, value, ts) FROM STDIN"
+            ) as cp:
                 for r in rows:
                     cp.write_row(r)
     elif kind == "track":
         for r in rows:
-            conn.execute("SELECT * FROM recsql.track(%s, %s, %s, %s, %s, %s)", (r[1], r[2], r[3], r[5], r[4], r[0]))
+            conn.execute(
+                "SELECT * FROM recsql.track(%s, %s, %s, %s, %s, %s)", (r[1], r[2], r[3], r[5], r[4], r[0])
+            )
     elif kind == "txn":
         # Several statements in one transaction.
         with conn.transaction():
@@ -76,7 +80,9 @@ def apply_step(conn: psycopg.Connection[Any], kind: str, events: list[dict[str, 
 )
 def test_incremental_equals_rebuild_and_forget_is_exact(conn, steps, window, purchase_window, forget):
     reset(conn)
-    conn.execute("UPDATE recsql.settings SET cooc_window = %s, purchase_window = %s", (window, purchase_window))
+    conn.execute(
+        "UPDATE recsql.settings SET cooc_window = %s, purchase_window = %s", (window, purchase_window)
+    )
     for kind, events in steps:
         apply_step(conn, kind, events)
     conn.execute("SELECT recsql.flush()")
@@ -144,7 +150,9 @@ def test_maintain_expires_old_formations_exactly(conn):
     old = NOW - timedelta(days=300)
     for user in ("u1", "u2"):
         for i, item in enumerate(("a", "b", "c")):
-            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view', %s)", (user, item, old + timedelta(minutes=i)))
+            conn.execute(
+                "SELECT * FROM recsql.track(%s, %s, 'view', %s)", (user, item, old + timedelta(minutes=i))
+            )
     conn.execute("SELECT * FROM recsql.track('u1', 'd', 'view')")
     conn.execute("SELECT recsql.flush()")
     before = conn.execute("SELECT count(*) AS n FROM recsql.item_pairs").fetchone()["n"]

@@ -51,7 +51,8 @@ def test_future_timestamp_rejected_with_hint(conn):
     future = datetime.now(UTC) + timedelta(days=30)
     with pytest.raises(psycopg.Error) as info:
         conn.execute(
-            "INSERT INTO recsql.events (user_id, item_id, event_type, ts) VALUES ('u1', 'a', 'view', %s)", (future,)
+            "INSERT INTO recsql.events (user_id, item_id, event_type, ts) VALUES ('u1', 'a', 'view', %s)",
+            (future,),
         )
     assert "in the future" in str(info.value)
     assert info.value.diag.message_hint.startswith("Send the time the event happened")
@@ -114,7 +115,9 @@ def test_same_event_id_counts_once_on_every_path(conn):
     api.flush(conn)
     events = conn.execute("SELECT event_id FROM recsql.events ORDER BY seq").fetchall()
     assert [e["event_id"] for e in events] == ["order-1", "order-2", "order-3"]
-    n = conn.execute("SELECT sum(n) AS n FROM recsql.item_event_counts WHERE event_type = 'purchase'").fetchone()
+    n = conn.execute(
+        "SELECT sum(n) AS n FROM recsql.item_event_counts WHERE event_type = 'purchase'"
+    ).fetchone()
     assert n["n"] == 3
 
 
@@ -126,7 +129,9 @@ def test_concurrent_retries_of_one_event_count_once(db_url):
     def send() -> None:
         with psycopg.connect(db_url) as c:
             barrier.wait()
-            row = c.execute("SELECT duplicate FROM recsql.track('u1', 'a', 'view', event_id => 'retry-1')").fetchone()
+            row = c.execute(
+                "SELECT duplicate FROM recsql.track('u1', 'a', 'view', event_id => 'retry-1')"
+            ).fetchone()
             assert row is not None
             results.append(row[0])
             c.commit()

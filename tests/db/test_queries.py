@@ -35,8 +35,13 @@ def shop(conn):
     sessions: dict[str, list[tuple[str, str]]] = {}
     # Phone buyers look at cases and chargers; clothes shoppers at tees and socks.
     for u in range(6):
-        sessions[f"tech{u}"] = [("phone", "view"), ("case", "view"), ("charger", "view"), ("phone", "purchase"),
-                                ("case", "purchase")]
+        sessions[f"tech{u}"] = [
+            ("phone", "view"),
+            ("case", "view"),
+            ("charger", "view"),
+            ("phone", "purchase"),
+            ("case", "purchase"),
+        ]
     for u in range(4):
         sessions[f"cloth{u}"] = [("tee", "view"), ("socks", "view")]
     # Everybody also views the bestseller, many times.
