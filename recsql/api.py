@@ -134,6 +134,16 @@ def flush(conn: Conn) -> int:
     return int(_rows(conn, "SELECT recsql.flush() AS n", {})[0]["n"])
 
 
+def fold(conn: Conn) -> int:
+    """Fold committed events into the derived tables (not the neighbour lists); return how many."""
+    return int(_rows(conn, "SELECT recsql.fold() AS n", {})[0]["n"])
+
+
+def refresh_neighbors(conn: Conn, max_items: int | None = None) -> int:
+    """Recompute up to ``max_items`` changed neighbour lists (all when None); return how many."""
+    return int(_rows(conn, "SELECT recsql.refresh_neighbors(%(m)s) AS n", {"m": max_items})[0]["n"])
+
+
 def rebuild(conn: Conn) -> int:
     """Recompute all derived state from the event log; return the number of events replayed."""
     return int(_rows(conn, "SELECT recsql.rebuild() AS n", {})[0]["n"])

@@ -18,17 +18,23 @@ MAINTAIN_EVERY_S = 3600.0
 
 
 class Folder:
-    """Calls recsql.flush() in a loop: immediately again while there is work, else every ``idle_s``."""
+    """Folds events and refreshes neighbour lists in a loop: at once while there is work, else every ``idle_s``.
+
+    Each round folds everything pending, then refreshes at most ``lists_per_round`` neighbour lists
+    (oldest change first), so a burst of events cannot starve folding.
+    """
 
     def __init__(
         self,
         url: str | None = None,
         *,
         idle_s: float = 0.1,
+        lists_per_round: int = 5000,
         on_fold: Callable[[int, float], None] | None = None,
     ) -> None:
         self.url = url
         self.idle_s = idle_s
+        self.lists_per_round = lists_per_round
         self.on_fold = on_fold
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -55,13 +61,14 @@ class Folder:
                             api.maintain(conn)
                             last_maintain = time.monotonic()
                         started = time.perf_counter()
-                        n = api.flush(conn)
+                        n = api.fold(conn)
+                        refreshed = api.refresh_neighbors(conn, self.lists_per_round)
                         elapsed = time.perf_counter() - started
                         if n:
                             self.folded += n
                             if self.on_fold is not None:
                                 self.on_fold(n, elapsed)
-                        else:
+                        if not n and not refreshed:
                             self._stop.wait(self.idle_s)
             except (psycopg.Error, RecsqlError) as exc:
                 log.warning("folder: %s; retrying in 2 s", exc)

@@ -8,6 +8,7 @@
 --   recsql.item_stats        per item: distinct users, events, popularity  } recsql.flush()
 --   recsql.item_pairs        item pairs formed in users' recent windows    } and rebuilt by
 --                            (co-occurrence, and bought together)          } recsql.rebuild()
+--   recsql.neighbor_lists    per item, its best-scoring pairs: the serving index the queries read
 
 create schema recsql;
 
@@ -24,8 +25,8 @@ create table recsql.settings (
         constraint settings_cooc_retention_check check (cooc_retention >= interval '1 day'),
     min_support integer not null default 1
         constraint settings_min_support_check check (min_support >= 1),
-    candidate_limit integer not null default 200
-        constraint settings_candidate_limit_check check (candidate_limit between 1 and 100000),
+    neighbors_per_item integer not null default 100
+        constraint settings_neighbors_per_item_check check (neighbors_per_item between 1 and 1000),
     similarity text not null default 'cosine'
         constraint settings_similarity_check check (similarity in ('cosine', 'jaccard', 'count')),
     history_length integer not null default 30
@@ -50,8 +51,8 @@ comment on column recsql.settings.cooc_retention is
     'Pruning: pair formations older than this (by event ts) are expired by recsql.maintain()';
 comment on column recsql.settings.min_support is
     'Pairs seen fewer times than this are ignored by the query functions';
-comment on column recsql.settings.candidate_limit is
-    'Per source item, the strongest N pairs (by count) are scored by the query functions';
+comment on column recsql.settings.neighbors_per_item is
+    'Length of each item''s precomputed neighbour list (recsql.neighbor_lists) used by the query functions';
 comment on column recsql.settings.decay_epoch is
     'Internal: reference time of item_stats.popularity; set by the first fold, moved by maintain()';
 
@@ -201,3 +202,26 @@ create table recsql.item_pairs (
 comment on table recsql.item_pairs is
     'Derived: kind v = times item_b was in the user''s recent window when item_a entered it; '
     'kind p = the same over the user''s recent conversions (bought together). Stored in both directions.';
+
+-- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
+create table recsql.neighbor_lists (
+    kind "char" not null,
+    item_key integer not null,
+    neighbors integer[] not null,
+    scores real[] not null,
+    together integer[] not null,
+    refreshed_at timestamptz not null default now(),
+    constraint neighbor_lists_pkey primary key (kind, item_key)
+);
+
+comment on table recsql.neighbor_lists is
+    'Per item and pair kind, the neighbors_per_item best neighbours by similarity, best first; read by the queries';
+
+create table recsql.neighbor_dirty (
+    kind "char" not null,
+    item_key integer not null,
+    marked_at timestamptz not null default now(),
+    constraint neighbor_dirty_pkey primary key (kind, item_key)
+);
+
+comment on table recsql.neighbor_dirty is 'Items whose pairs changed since their neighbour list was computed';

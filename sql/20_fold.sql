@@ -98,6 +98,15 @@ begin
         from pg_temp.recsql_batch b
         where not b.ctx
         order by b.user_id, b.xid, b.seq
+    ), converting as (
+        -- Only a conversion forms bought-together pairs, so only converting users need that window.
+        select f.*
+        from firsts f
+        where f.user_id in (
+            select b.user_id
+            from pg_temp.recsql_batch b
+            join recsql.event_types t on t.name = b.event_type
+            where not b.ctx and t.is_conversion)
     ), earlier as (
         select c.*
         from firsts f
@@ -111,7 +120,7 @@ begin
         ) c
         union
         select c.*
-        from firsts f
+        from converting f
         cross join lateral (
             select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
             from recsql.events e
@@ -188,6 +197,12 @@ begin
         using pg_temp.recsql_pair_delta d
         where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
     end if;
+
+    insert into recsql.neighbor_dirty (kind, item_key)
+    select distinct d.kind, d.item_a
+    from pg_temp.recsql_pair_delta d
+    order by 1, 2
+    on conflict (kind, item_key) do nothing;
 end
 $$;
 
@@ -259,7 +274,7 @@ $$;
 comment on function recsql._apply_stats() is 'Adds the batch events to user_item_events, item_event_counts and item_stats';
 
 -- Folds every committed event that no running transaction can precede; returns how many.
-create function recsql.flush() returns bigint
+create function recsql.fold() returns bigint
 language plpgsql as $$
 declare
     v_horizon xid8;
@@ -279,7 +294,14 @@ begin
     insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
     select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
     from taken q
-    join recsql.events e on e.seq between q.first_seq and q.last_seq and e.xid = q.xid
+    -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
+    -- always-stale statistics, from turning this into a scan of every event.
+    cross join lateral (
+        select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
+        from recsql.events x
+        where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
+        offset 0
+    ) e
     left join recsql.items i on i.item_id = e.item_id;
     get diagnostics v_n = row_count;
 
@@ -299,8 +321,108 @@ begin
 end
 $$;
 
+comment on function recsql.fold() is
+    'Folds committed events into the derived tables (not the neighbour lists); returns the count';
+
+-- Recomputes the neighbour lists of items whose pairs changed, oldest change first.
+create function recsql.refresh_neighbors(max_items integer default null) returns integer
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_n integer;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    select * into v_settings from recsql.settings;
+
+    if to_regclass('pg_temp.recsql_refresh') is null then
+        create temp table recsql_refresh (kind "char" not null, item_key integer not null) on commit delete rows;
+    else
+        truncate pg_temp.recsql_refresh;
+    end if;
+
+    with picked as (
+        select d.kind, d.item_key
+        from recsql.neighbor_dirty d
+        order by d.marked_at, d.kind, d.item_key
+        limit refresh_neighbors.max_items
+    )
+    insert into pg_temp.recsql_refresh (kind, item_key)
+    select p.kind, p.item_key from picked p;
+    get diagnostics v_n = row_count;
+    if v_n = 0 then
+        return 0;
+    end if;
+    if v_n > 1000 then
+        analyze pg_temp.recsql_refresh;
+    end if;
+
+    delete from recsql.neighbor_dirty d
+    using pg_temp.recsql_refresh r
+    where d.kind = r.kind and d.item_key = r.item_key;
+
+    delete from recsql.neighbor_lists l
+    using pg_temp.recsql_refresh r
+    where l.kind = r.kind and l.item_key = r.item_key;
+
+    insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together)
+    select x.kind, x.item_a,
+           array_agg(x.item_b order by x.rank),
+           array_agg(x.score::real order by x.rank),
+           array_agg(x.n order by x.rank)
+    from (
+        select p.kind, p.item_a, p.item_b, p.n, sc.score,
+               row_number() over (partition by p.kind, p.item_a order by sc.score desc, p.item_b) as rank
+        from pg_temp.recsql_refresh r
+        join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+        join recsql.item_stats sa on sa.item_key = p.item_a
+        join recsql.item_stats sb on sb.item_key = p.item_b
+        cross join lateral (
+            select case v_settings.similarity
+                when 'cosine' then p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
+                when 'jaccard' then p.n / greatest(sa.n_users + sb.n_users - p.n, p.n, 1)::double precision
+                else p.n::double precision
+            end as score
+        ) sc
+        where p.n >= v_settings.min_support
+    ) x
+    where x.rank <= v_settings.neighbors_per_item
+    group by x.kind, x.item_a;
+    return v_n;
+end
+$$;
+
+comment on function recsql.refresh_neighbors(integer) is
+    'Recomputes the neighbour lists of up to max_items changed items (all when null); returns how many';
+
+-- Makes every committed event visible to every query function now.
+create function recsql.flush() returns bigint
+language plpgsql as $$
+declare
+    v_n bigint;
+begin
+    v_n := recsql.fold();
+    perform recsql.refresh_neighbors();
+    return v_n;
+end
+$$;
+
 comment on function recsql.flush() is
-    'Folds committed events into derived state now (the worker calls this continuously); returns the count';
+    'Folds committed events and refreshes the affected neighbour lists; the worker does this continuously';
+
+-- Queues every neighbour list for recomputation (after a settings change, and hourly against drift).
+create function recsql.mark_all_neighbors() returns bigint
+language sql as $$
+    with marked as (
+        insert into recsql.neighbor_dirty (kind, item_key)
+        select distinct p.kind, p.item_a from recsql.item_pairs p
+        on conflict (kind, item_key) do nothing
+        returning 1
+    )
+    select count(*) from marked
+$$;
+
+comment on function recsql.mark_all_neighbors() is
+    'Marks every item with pairs for a neighbour-list refresh; returns how many were newly marked';
 
 -- Recomputes all derived state from the event log, in the same replay order as incremental folding.
 create function recsql.rebuild() returns bigint
@@ -313,7 +435,8 @@ begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     v_horizon := pg_snapshot_xmin(pg_current_snapshot());
 
-    truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs;
+    truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs,
+             recsql.neighbor_lists, recsql.neighbor_dirty;
     delete from recsql.event_inbox where xid < v_horizon;
 
     perform recsql._batch_reset();
@@ -331,6 +454,7 @@ begin
         perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
     end if;
 
+    perform recsql.refresh_neighbors();
     update recsql.fold_state
     set horizon = greatest(horizon, v_horizon), folded_events = v_n, last_fold_at = now();
     return v_n;
@@ -391,6 +515,8 @@ begin
     delete from recsql.events where user_id = p_user_id;
     get diagnostics v_n = row_count;
     perform set_config('recsql.forgetting', 'off', true);
+    -- No list may keep a trace of the user.
+    perform recsql.refresh_neighbors();
     return v_n;
 end
 $$;
@@ -441,13 +567,16 @@ begin
         end if;
     end if;
 
+    -- Scores depend on partners' user counts too: recompute every list now and then.
+    perform recsql.mark_all_neighbors();
+
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
                  from recsql.fold_state fs;
 end
 $$;
 
 comment on function recsql.maintain() is
-    'Expires pair formations older than settings.cooc_retention and keeps popularity in range; run daily';
+    'Expires pair formations older than settings.cooc_retention, keeps popularity in range, queues all lists for refresh; run hourly';
 
 -- Order-independent fingerprint of derived state, to check incremental state against rebuild().
 create function recsql.state_digest()

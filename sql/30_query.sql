@@ -1,41 +1,24 @@
 -- Queries: read derived state (and the user's freshest events) and rank items. Each public function
 -- returns item_id text and score double precision first.
 
--- Scores the items paired with weighted source items; the core of every personalised list.
+-- Spreads weighted source items over their precomputed neighbour lists; the core of every
+-- personalised list.
 create function recsql._pair_scores(p_kind "char", p_sources integer[], p_weights double precision[])
 returns table (item_key integer, source_key integer, contribution double precision, together integer)
 language sql stable parallel safe as $$
-    with s as (
-        select * from recsql.settings
-    ), src as (
-        select u.k, max(u.w) as w
-        from unnest(p_sources, p_weights) as u(k, w)
-        where u.k is not null and u.w > 0
-        group by u.k
-    )
-    select c.item_b,
-           src.k,
-           src.w * case s.similarity
-               when 'cosine' then c.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
-               when 'jaccard' then c.n / greatest(sa.n_users + sb.n_users - c.n, c.n, 1)::double precision
-               else c.n::double precision
-           end,
-           c.n
-    from src
-    cross join s
-    join recsql.item_stats sa on sa.item_key = src.k
-    cross join lateral (
-        select p.item_b, p.n
-        from recsql.item_pairs p
-        where p.kind = p_kind and p.item_a = src.k and p.n >= s.min_support
-        order by p.n desc, p.item_b
-        limit s.candidate_limit
-    ) c
-    join recsql.item_stats sb on sb.item_key = c.item_b
+    select u.neighbor, src.k, src.w * u.score, u.together
+    from (
+        select x.k, max(x.w) as w
+        from unnest(p_sources, p_weights) as x(k, w)
+        where x.k is not null and x.w > 0
+        group by x.k
+    ) src
+    join recsql.neighbor_lists l on l.kind = p_kind and l.item_key = src.k
+    cross join lateral unnest(l.neighbors, l.scores, l.together) as u(neighbor, score, together)
 $$;
 
 comment on function recsql._pair_scores("char", integer[], double precision[]) is
-    'Similarity-weighted contributions of source items to their paired items (cosine, jaccard or count)';
+    'Similarity-weighted contributions of source items to the items on their neighbour lists';
 
 -- The user's recent events, read straight from the log so a committed event counts at once.
 create function recsql._user_sources(p_user_id text)
@@ -219,32 +202,37 @@ $$;
 comment on function recsql.session_recommend(text[], integer, text, boolean) is
     'Recommendations for an anonymous session from the items it viewed, most recent last';
 
+-- Reads one item's neighbour list of a kind, best first.
+create function recsql._neighbors(p_kind "char", p_item_id text, p_k integer)
+returns table (item_id text, score double precision, together integer)
+language sql stable parallel safe as $$
+    select i.item_id, u.score, u.together
+    from recsql.items src
+    join recsql.neighbor_lists l on l.kind = p_kind and l.item_key = src.item_key
+    cross join lateral unnest(l.neighbors, l.scores, l.together) with ordinality as u(neighbor, score, together, pos)
+    join recsql.items i on i.item_key = u.neighbor
+    where src.item_id = p_item_id
+    order by u.pos
+    limit recsql._check_k(p_k)
+$$;
+
+comment on function recsql._neighbors("char", text, integer) is 'Top of an item''s neighbour list of one kind';
+
 -- Items most often in the same recent window as the given item, normalised for popularity.
 create function recsql.similar_items(item_id text, k integer default 10)
 returns table (item_id text, score double precision, together integer)
 language sql stable as $$
-    select i.item_id, ps.contribution, ps.together
-    from recsql.items src
-    cross join lateral recsql._pair_scores('v', array[src.item_key], array[1::double precision]) ps
-    join recsql.items i on i.item_key = ps.item_key
-    where src.item_id = similar_items.item_id
-    order by ps.contribution desc, ps.item_key
-    limit recsql._check_k(similar_items.k)
+    select n.item_id, n.score, n.together from recsql._neighbors('v', similar_items.item_id, similar_items.k) n
 $$;
 
-comment on function recsql.similar_items(text, integer) is 'Items similar to the given one by normalised co-occurrence';
+comment on function recsql.similar_items(text, integer) is
+    'Items similar to the given one by normalised co-occurrence (at most settings.neighbors_per_item)';
 
 -- Items bought by the same users close to the given item, normalised for popularity.
 create function recsql.bought_together(item_id text, k integer default 10)
 returns table (item_id text, score double precision, together integer)
 language sql stable as $$
-    select i.item_id, ps.contribution, ps.together
-    from recsql.items src
-    cross join lateral recsql._pair_scores('p', array[src.item_key], array[1::double precision]) ps
-    join recsql.items i on i.item_key = ps.item_key
-    where src.item_id = bought_together.item_id
-    order by ps.contribution desc, ps.item_key
-    limit recsql._check_k(bought_together.k)
+    select n.item_id, n.score, n.together from recsql._neighbors('p', bought_together.item_id, bought_together.k) n
 $$;
 
 comment on function recsql.bought_together(text, integer) is 'Items bought together with the given one';

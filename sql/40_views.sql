@@ -54,6 +54,8 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        f.folded_events,
        f.last_fold_at,
        extract(epoch from now() - f.last_fold_at)::double precision as seconds_since_fold,
+       (select count(*) from recsql.neighbor_dirty) as pending_lists,
+       (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
        f.cooc_horizon
 from recsql.fold_state f;
 

@@ -8,6 +8,7 @@
 --   recsql.item_stats        per item: distinct users, events, popularity  } recsql.flush()
 --   recsql.item_pairs        item pairs formed in users' recent windows    } and rebuilt by
 --                            (co-occurrence, and bought together)          } recsql.rebuild()
+--   recsql.neighbor_lists    per item, its best-scoring pairs: the serving index the queries read
 
 create schema recsql;
 
@@ -24,8 +25,8 @@ create table recsql.settings (
         constraint settings_cooc_retention_check check (cooc_retention >= interval '1 day'),
     min_support integer not null default 1
         constraint settings_min_support_check check (min_support >= 1),
-    candidate_limit integer not null default 200
-        constraint settings_candidate_limit_check check (candidate_limit between 1 and 100000),
+    neighbors_per_item integer not null default 100
+        constraint settings_neighbors_per_item_check check (neighbors_per_item between 1 and 1000),
     similarity text not null default 'cosine'
         constraint settings_similarity_check check (similarity in ('cosine', 'jaccard', 'count')),
     history_length integer not null default 30
@@ -50,8 +51,8 @@ comment on column recsql.settings.cooc_retention is
     'Pruning: pair formations older than this (by event ts) are expired by recsql.maintain()';
 comment on column recsql.settings.min_support is
     'Pairs seen fewer times than this are ignored by the query functions';
-comment on column recsql.settings.candidate_limit is
-    'Per source item, the strongest N pairs (by count) are scored by the query functions';
+comment on column recsql.settings.neighbors_per_item is
+    'Length of each item''s precomputed neighbour list (recsql.neighbor_lists) used by the query functions';
 comment on column recsql.settings.decay_epoch is
     'Internal: reference time of item_stats.popularity; set by the first fold, moved by maintain()';
 
@@ -201,6 +202,29 @@ create table recsql.item_pairs (
 comment on table recsql.item_pairs is
     'Derived: kind v = times item_b was in the user''s recent window when item_a entered it; '
     'kind p = the same over the user''s recent conversions (bought together). Stored in both directions.';
+
+-- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
+create table recsql.neighbor_lists (
+    kind "char" not null,
+    item_key integer not null,
+    neighbors integer[] not null,
+    scores real[] not null,
+    together integer[] not null,
+    refreshed_at timestamptz not null default now(),
+    constraint neighbor_lists_pkey primary key (kind, item_key)
+);
+
+comment on table recsql.neighbor_lists is
+    'Per item and pair kind, the neighbors_per_item best neighbours by similarity, best first; read by the queries';
+
+create table recsql.neighbor_dirty (
+    kind "char" not null,
+    item_key integer not null,
+    marked_at timestamptz not null default now(),
+    constraint neighbor_dirty_pkey primary key (kind, item_key)
+);
+
+comment on table recsql.neighbor_dirty is 'Items whose pairs changed since their neighbour list was computed';
 -- Ingestion: what happens inside the client's transaction. It only appends (the event row and one
 -- inbox row per statement), so concurrent writers never wait on each other's counters.
 
@@ -464,6 +488,15 @@ begin
         from pg_temp.recsql_batch b
         where not b.ctx
         order by b.user_id, b.xid, b.seq
+    ), converting as (
+        -- Only a conversion forms bought-together pairs, so only converting users need that window.
+        select f.*
+        from firsts f
+        where f.user_id in (
+            select b.user_id
+            from pg_temp.recsql_batch b
+            join recsql.event_types t on t.name = b.event_type
+            where not b.ctx and t.is_conversion)
     ), earlier as (
         select c.*
         from firsts f
@@ -477,7 +510,7 @@ begin
         ) c
         union
         select c.*
-        from firsts f
+        from converting f
         cross join lateral (
             select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
             from recsql.events e
@@ -554,6 +587,12 @@ begin
         using pg_temp.recsql_pair_delta d
         where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
     end if;
+
+    insert into recsql.neighbor_dirty (kind, item_key)
+    select distinct d.kind, d.item_a
+    from pg_temp.recsql_pair_delta d
+    order by 1, 2
+    on conflict (kind, item_key) do nothing;
 end
 $$;
 
@@ -625,7 +664,7 @@ $$;
 comment on function recsql._apply_stats() is 'Adds the batch events to user_item_events, item_event_counts and item_stats';
 
 -- Folds every committed event that no running transaction can precede; returns how many.
-create function recsql.flush() returns bigint
+create function recsql.fold() returns bigint
 language plpgsql as $$
 declare
     v_horizon xid8;
@@ -645,7 +684,14 @@ begin
     insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
     select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
     from taken q
-    join recsql.events e on e.seq between q.first_seq and q.last_seq and e.xid = q.xid
+    -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
+    -- always-stale statistics, from turning this into a scan of every event.
+    cross join lateral (
+        select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
+        from recsql.events x
+        where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
+        offset 0
+    ) e
     left join recsql.items i on i.item_id = e.item_id;
     get diagnostics v_n = row_count;
 
@@ -665,8 +711,108 @@ begin
 end
 $$;
 
+comment on function recsql.fold() is
+    'Folds committed events into the derived tables (not the neighbour lists); returns the count';
+
+-- Recomputes the neighbour lists of items whose pairs changed, oldest change first.
+create function recsql.refresh_neighbors(max_items integer default null) returns integer
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_n integer;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    select * into v_settings from recsql.settings;
+
+    if to_regclass('pg_temp.recsql_refresh') is null then
+        create temp table recsql_refresh (kind "char" not null, item_key integer not null) on commit delete rows;
+    else
+        truncate pg_temp.recsql_refresh;
+    end if;
+
+    with picked as (
+        select d.kind, d.item_key
+        from recsql.neighbor_dirty d
+        order by d.marked_at, d.kind, d.item_key
+        limit refresh_neighbors.max_items
+    )
+    insert into pg_temp.recsql_refresh (kind, item_key)
+    select p.kind, p.item_key from picked p;
+    get diagnostics v_n = row_count;
+    if v_n = 0 then
+        return 0;
+    end if;
+    if v_n > 1000 then
+        analyze pg_temp.recsql_refresh;
+    end if;
+
+    delete from recsql.neighbor_dirty d
+    using pg_temp.recsql_refresh r
+    where d.kind = r.kind and d.item_key = r.item_key;
+
+    delete from recsql.neighbor_lists l
+    using pg_temp.recsql_refresh r
+    where l.kind = r.kind and l.item_key = r.item_key;
+
+    insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together)
+    select x.kind, x.item_a,
+           array_agg(x.item_b order by x.rank),
+           array_agg(x.score::real order by x.rank),
+           array_agg(x.n order by x.rank)
+    from (
+        select p.kind, p.item_a, p.item_b, p.n, sc.score,
+               row_number() over (partition by p.kind, p.item_a order by sc.score desc, p.item_b) as rank
+        from pg_temp.recsql_refresh r
+        join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+        join recsql.item_stats sa on sa.item_key = p.item_a
+        join recsql.item_stats sb on sb.item_key = p.item_b
+        cross join lateral (
+            select case v_settings.similarity
+                when 'cosine' then p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
+                when 'jaccard' then p.n / greatest(sa.n_users + sb.n_users - p.n, p.n, 1)::double precision
+                else p.n::double precision
+            end as score
+        ) sc
+        where p.n >= v_settings.min_support
+    ) x
+    where x.rank <= v_settings.neighbors_per_item
+    group by x.kind, x.item_a;
+    return v_n;
+end
+$$;
+
+comment on function recsql.refresh_neighbors(integer) is
+    'Recomputes the neighbour lists of up to max_items changed items (all when null); returns how many';
+
+-- Makes every committed event visible to every query function now.
+create function recsql.flush() returns bigint
+language plpgsql as $$
+declare
+    v_n bigint;
+begin
+    v_n := recsql.fold();
+    perform recsql.refresh_neighbors();
+    return v_n;
+end
+$$;
+
 comment on function recsql.flush() is
-    'Folds committed events into derived state now (the worker calls this continuously); returns the count';
+    'Folds committed events and refreshes the affected neighbour lists; the worker does this continuously';
+
+-- Queues every neighbour list for recomputation (after a settings change, and hourly against drift).
+create function recsql.mark_all_neighbors() returns bigint
+language sql as $$
+    with marked as (
+        insert into recsql.neighbor_dirty (kind, item_key)
+        select distinct p.kind, p.item_a from recsql.item_pairs p
+        on conflict (kind, item_key) do nothing
+        returning 1
+    )
+    select count(*) from marked
+$$;
+
+comment on function recsql.mark_all_neighbors() is
+    'Marks every item with pairs for a neighbour-list refresh; returns how many were newly marked';
 
 -- Recomputes all derived state from the event log, in the same replay order as incremental folding.
 create function recsql.rebuild() returns bigint
@@ -679,7 +825,8 @@ begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     v_horizon := pg_snapshot_xmin(pg_current_snapshot());
 
-    truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs;
+    truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs,
+             recsql.neighbor_lists, recsql.neighbor_dirty;
     delete from recsql.event_inbox where xid < v_horizon;
 
     perform recsql._batch_reset();
@@ -697,6 +844,7 @@ begin
         perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
     end if;
 
+    perform recsql.refresh_neighbors();
     update recsql.fold_state
     set horizon = greatest(horizon, v_horizon), folded_events = v_n, last_fold_at = now();
     return v_n;
@@ -757,6 +905,8 @@ begin
     delete from recsql.events where user_id = p_user_id;
     get diagnostics v_n = row_count;
     perform set_config('recsql.forgetting', 'off', true);
+    -- No list may keep a trace of the user.
+    perform recsql.refresh_neighbors();
     return v_n;
 end
 $$;
@@ -807,13 +957,16 @@ begin
         end if;
     end if;
 
+    -- Scores depend on partners' user counts too: recompute every list now and then.
+    perform recsql.mark_all_neighbors();
+
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
                  from recsql.fold_state fs;
 end
 $$;
 
 comment on function recsql.maintain() is
-    'Expires pair formations older than settings.cooc_retention and keeps popularity in range; run daily';
+    'Expires pair formations older than settings.cooc_retention, keeps popularity in range, queues all lists for refresh; run hourly';
 
 -- Order-independent fingerprint of derived state, to check incremental state against rebuild().
 create function recsql.state_digest()
@@ -837,41 +990,24 @@ comment on function recsql.state_digest() is
 -- Queries: read derived state (and the user's freshest events) and rank items. Each public function
 -- returns item_id text and score double precision first.
 
--- Scores the items paired with weighted source items; the core of every personalised list.
+-- Spreads weighted source items over their precomputed neighbour lists; the core of every
+-- personalised list.
 create function recsql._pair_scores(p_kind "char", p_sources integer[], p_weights double precision[])
 returns table (item_key integer, source_key integer, contribution double precision, together integer)
 language sql stable parallel safe as $$
-    with s as (
-        select * from recsql.settings
-    ), src as (
-        select u.k, max(u.w) as w
-        from unnest(p_sources, p_weights) as u(k, w)
-        where u.k is not null and u.w > 0
-        group by u.k
-    )
-    select c.item_b,
-           src.k,
-           src.w * case s.similarity
-               when 'cosine' then c.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
-               when 'jaccard' then c.n / greatest(sa.n_users + sb.n_users - c.n, c.n, 1)::double precision
-               else c.n::double precision
-           end,
-           c.n
-    from src
-    cross join s
-    join recsql.item_stats sa on sa.item_key = src.k
-    cross join lateral (
-        select p.item_b, p.n
-        from recsql.item_pairs p
-        where p.kind = p_kind and p.item_a = src.k and p.n >= s.min_support
-        order by p.n desc, p.item_b
-        limit s.candidate_limit
-    ) c
-    join recsql.item_stats sb on sb.item_key = c.item_b
+    select u.neighbor, src.k, src.w * u.score, u.together
+    from (
+        select x.k, max(x.w) as w
+        from unnest(p_sources, p_weights) as x(k, w)
+        where x.k is not null and x.w > 0
+        group by x.k
+    ) src
+    join recsql.neighbor_lists l on l.kind = p_kind and l.item_key = src.k
+    cross join lateral unnest(l.neighbors, l.scores, l.together) as u(neighbor, score, together)
 $$;
 
 comment on function recsql._pair_scores("char", integer[], double precision[]) is
-    'Similarity-weighted contributions of source items to their paired items (cosine, jaccard or count)';
+    'Similarity-weighted contributions of source items to the items on their neighbour lists';
 
 -- The user's recent events, read straight from the log so a committed event counts at once.
 create function recsql._user_sources(p_user_id text)
@@ -1055,32 +1191,37 @@ $$;
 comment on function recsql.session_recommend(text[], integer, text, boolean) is
     'Recommendations for an anonymous session from the items it viewed, most recent last';
 
+-- Reads one item's neighbour list of a kind, best first.
+create function recsql._neighbors(p_kind "char", p_item_id text, p_k integer)
+returns table (item_id text, score double precision, together integer)
+language sql stable parallel safe as $$
+    select i.item_id, u.score, u.together
+    from recsql.items src
+    join recsql.neighbor_lists l on l.kind = p_kind and l.item_key = src.item_key
+    cross join lateral unnest(l.neighbors, l.scores, l.together) with ordinality as u(neighbor, score, together, pos)
+    join recsql.items i on i.item_key = u.neighbor
+    where src.item_id = p_item_id
+    order by u.pos
+    limit recsql._check_k(p_k)
+$$;
+
+comment on function recsql._neighbors("char", text, integer) is 'Top of an item''s neighbour list of one kind';
+
 -- Items most often in the same recent window as the given item, normalised for popularity.
 create function recsql.similar_items(item_id text, k integer default 10)
 returns table (item_id text, score double precision, together integer)
 language sql stable as $$
-    select i.item_id, ps.contribution, ps.together
-    from recsql.items src
-    cross join lateral recsql._pair_scores('v', array[src.item_key], array[1::double precision]) ps
-    join recsql.items i on i.item_key = ps.item_key
-    where src.item_id = similar_items.item_id
-    order by ps.contribution desc, ps.item_key
-    limit recsql._check_k(similar_items.k)
+    select n.item_id, n.score, n.together from recsql._neighbors('v', similar_items.item_id, similar_items.k) n
 $$;
 
-comment on function recsql.similar_items(text, integer) is 'Items similar to the given one by normalised co-occurrence';
+comment on function recsql.similar_items(text, integer) is
+    'Items similar to the given one by normalised co-occurrence (at most settings.neighbors_per_item)';
 
 -- Items bought by the same users close to the given item, normalised for popularity.
 create function recsql.bought_together(item_id text, k integer default 10)
 returns table (item_id text, score double precision, together integer)
 language sql stable as $$
-    select i.item_id, ps.contribution, ps.together
-    from recsql.items src
-    cross join lateral recsql._pair_scores('p', array[src.item_key], array[1::double precision]) ps
-    join recsql.items i on i.item_key = ps.item_key
-    where src.item_id = bought_together.item_id
-    order by ps.contribution desc, ps.item_key
-    limit recsql._check_k(bought_together.k)
+    select n.item_id, n.score, n.together from recsql._neighbors('p', bought_together.item_id, bought_together.k) n
 $$;
 
 comment on function recsql.bought_together(text, integer) is 'Items bought together with the given one';
@@ -1183,6 +1324,8 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        f.folded_events,
        f.last_fold_at,
        extract(epoch from now() - f.last_fold_at)::double precision as seconds_since_fold,
+       (select count(*) from recsql.neighbor_dirty) as pending_lists,
+       (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
        f.cooc_horizon
 from recsql.fold_state f;
 

@@ -162,3 +162,20 @@ def test_maintain_expires_old_formations_exactly(conn):
     assert before > after == 6
     assert result["pair_rows"] == 6
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
+def test_neighbor_lists_after_full_refresh_equal_rebuild(conn):
+    """Lists are a serving index: after maintain() queues them all, a flush makes them equal a rebuild's."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 3, neighbors_per_item = 2")
+    for user, items in {"u1": "abcd", "u2": "bcde", "u3": "acef", "u4": "ab"}.items():
+        for item in items:
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+        conn.execute("SELECT recsql.flush()")
+    conn.execute("SELECT * FROM recsql.maintain()")
+    conn.execute("SELECT recsql.flush()")
+    query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
+    incremental = conn.execute(query).fetchall()
+    conn.execute("SELECT recsql.rebuild()")
+    assert conn.execute(query).fetchall() == incremental
+    assert len(incremental) == 6 and all(len(r["neighbors"]) <= 2 for r in incremental)
+    assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] == 0
