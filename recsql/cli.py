@@ -147,6 +147,26 @@ def db_status() -> None:
     )
 
 
+@db_group.command("verify")
+@click.option(
+    "--state",
+    is_flag=True,
+    help="Also check derived state against a rebuild (rolled back; slow on big data).",
+)
+def db_verify(state: bool) -> None:
+    """Exit non-zero unless the schema is current and complete (and, with --state, consistent)."""
+    from recsql import verify
+
+    report = verify.check(db.database_url(), state=state)
+    for note in report.notes:
+        click.echo(f"ok: {note}")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        sys.exit(1)
+    click.echo("schema complete and current" + (", derived state equals a rebuild" if state else ""))
+
+
 @db_group.command("stop")
 def db_stop() -> None:
     """Stop the embedded server."""
