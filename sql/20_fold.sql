@@ -153,29 +153,25 @@ begin
     truncate pg_temp.recsql_pair_delta;
 
     insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
-    with src as (
-        select 'v'::"char" as kind, b.user_id, b.item_key, b.ts, b.xid, b.seq, b.ctx
+    with windowed as (
+        select 'v'::"char" as kind, b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id order by b.xid, b.seq
+                   rows between v_settings.cooc_window preceding and 1 preceding) as prev
         from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
         where t.forms_pairs
         union all
-        select 'p'::"char", b.user_id, b.item_key, b.ts, b.xid, b.seq, b.ctx
+        select 'p'::"char", b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id order by b.xid, b.seq
+                   rows between v_settings.purchase_window preceding and 1 preceding)
         from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
         where t.is_conversion
-    ), windowed as (
-        select s.kind, s.item_key, s.ts, s.ctx,
-               case s.kind
-                   when 'v' then array_agg(s.item_key) over (
-                       partition by s.kind, s.user_id order by s.xid, s.seq
-                       rows between v_settings.cooc_window preceding and 1 preceding)
-                   else array_agg(s.item_key) over (
-                       partition by s.kind, s.user_id order by s.xid, s.seq
-                       rows between v_settings.purchase_window preceding and 1 preceding)
-               end as prev
-        from src s
     ), formed as (
-        select w.kind, w.item_key as a, p.b
+        -- distinct: an item seen twice in the window pairs once with the event.
+        select distinct w.kind, w.seq, w.item_key as a, x.b
         from windowed w
-        cross join lateral (select distinct x as b from unnest(w.prev) as x) p
+        cross join lateral unnest(w.prev) as x(b)
         where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
     ), directed as (
         select kind, a, b from formed
@@ -313,6 +309,14 @@ begin
         perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
     end if;
 
+    if v_n > 50000 then
+        -- A bulk fold changes the derived tables faster than autovacuum re-samples them; fresh
+        -- statistics keep the next folds and refreshes on good plans.
+        analyze recsql.item_stats;
+        analyze recsql.item_pairs;
+        analyze recsql.user_item_events;
+    end if;
+
     update recsql.fold_state
     set horizon = greatest(horizon, v_horizon),
         folded_events = folded_events + v_n,
@@ -330,6 +334,8 @@ language plpgsql as $$
 declare
     v_settings recsql.settings;
     v_n integer;
+    v_nestloop text;
+    v_work_mem text;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     select * into v_settings from recsql.settings;
@@ -354,6 +360,14 @@ begin
     end if;
     if v_n > 1000 then
         analyze pg_temp.recsql_refresh;
+    end if;
+    if v_n > 10000 then
+        -- Recomputing most lists: hash-join item_stats once instead of a lookup per pair, and sort
+        -- in memory. Local to this transaction; put back below.
+        v_nestloop := current_setting('enable_nestloop');
+        v_work_mem := current_setting('work_mem');
+        perform set_config('enable_nestloop', 'off', true);
+        perform set_config('work_mem', '256MB', true);
     end if;
 
     delete from recsql.neighbor_dirty d
@@ -387,6 +401,11 @@ begin
     ) x
     where x.rank <= v_settings.neighbors_per_item
     group by x.kind, x.item_a;
+
+    if v_nestloop is not null then
+        perform set_config('enable_nestloop', v_nestloop, true);
+        perform set_config('work_mem', v_work_mem, true);
+    end if;
     return v_n;
 end
 $$;
