@@ -9,6 +9,29 @@ language sql immutable parallel safe as $$ select 7274006961524951345::bigint $$
 
 comment on function recsql._fold_lock_key() is 'Advisory lock key held by whoever writes derived state';
 
+-- The replay horizon: every transaction of this database with a smaller id has ended.
+create function recsql._fold_horizon() returns xid8
+language sql volatile as $$
+    -- pg_snapshot_xmin would do, but it counts running transactions of every database on the
+    -- server: a long load elsewhere would stall folding here. Only xids provably owned by another
+    -- database are skipped; anything else (this database, unknown, prepared here) holds it back.
+    select least(
+        pg_snapshot_xmax(q.s),
+        pg_current_xact_id_if_assigned(),
+        (select min(x.id)
+         from pg_snapshot_xip(q.s) as x(id)
+         where not exists (
+                   select 1 from pg_stat_activity a
+                   where a.backend_xid = xid(x.id) and a.datname is distinct from current_database())
+           and not exists (
+                   select 1 from pg_prepared_xacts p
+                   where p.transaction = xid(x.id) and p.database <> current_database())))
+    from (select pg_current_snapshot() as s) q
+$$;
+
+comment on function recsql._fold_horizon() is
+    'Smallest xid of a transaction of this database that may still insert events (or the snapshot xmax)';
+
 -- One event's share of item popularity: weight * 2^((ts - epoch) / half-life), rounded to a fixed
 -- scale so that sums are exact and independent of order.
 create function recsql._popularity(p_weight double precision, p_ts timestamptz, p_epoch timestamptz,
@@ -278,9 +301,9 @@ declare
     v_cooc_horizon timestamptz;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
-    -- Every transaction older than the snapshot's xmin has ended, so no event can still appear
-    -- before the ones folded here in (xid, seq) order.
-    v_horizon := pg_snapshot_xmin(pg_current_snapshot());
+    -- Every transaction of this database older than the horizon has ended, so no event can still
+    -- appear before the ones folded here in (xid, seq) order.
+    v_horizon := recsql._fold_horizon();
     perform recsql._batch_reset();
 
     with taken as (
@@ -328,6 +351,20 @@ $$;
 comment on function recsql.fold() is
     'Folds committed events into the derived tables (not the neighbour lists); returns the count';
 
+-- Similarity of a pair from its count and the two items' user counts.
+create function recsql._pair_score(p_n integer, p_users_a integer, p_users_b integer, p_similarity text)
+returns double precision
+language sql immutable parallel safe as $$
+    select case p_similarity
+        when 'cosine' then p_n / sqrt(greatest(p_users_a, 1)::double precision * greatest(p_users_b, 1))
+        when 'jaccard' then p_n / greatest(p_users_a + p_users_b - p_n, p_n, 1)::double precision
+        else p_n::double precision
+    end
+$$;
+
+comment on function recsql._pair_score(integer, integer, integer, text) is
+    'cosine n/sqrt(users_a*users_b), jaccard n/(users_a+users_b-n), or the raw count';
+
 -- Recomputes the neighbour lists of items whose pairs changed, oldest change first.
 create function recsql.refresh_neighbors(max_items integer default null) returns integer
 language plpgsql as $$
@@ -336,24 +373,53 @@ declare
     v_n integer;
     v_nestloop text;
     v_work_mem text;
+    v_len integer;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     select * into v_settings from recsql.settings;
+    v_len := v_settings.neighbors_per_item;
 
     if to_regclass('pg_temp.recsql_refresh') is null then
-        create temp table recsql_refresh (kind "char" not null, item_key integer not null) on commit delete rows;
+        create temp table recsql_refresh (
+            kind "char" not null,
+            item_key integer not null,
+            users integer not null,
+            floor_score double precision,
+            min_n integer not null,
+            full_scan boolean not null default false
+        ) on commit delete rows;
+        create temp table recsql_refresh_scored (
+            kind "char" not null,
+            item_a integer not null,
+            item_b integer not null,
+            n integer not null,
+            score double precision not null
+        ) on commit delete rows;
     else
-        truncate pg_temp.recsql_refresh;
+        truncate pg_temp.recsql_refresh, pg_temp.recsql_refresh_scored;
     end if;
 
+    -- Pruning: a full list's last score is a floor. cosine <= n / sqrt(users_a) and count = n, so a
+    -- pair whose count is below floor * sqrt(users_a) (cosine) or floor (count) cannot enter. If
+    -- fewer than a full list of pairs still reach the floor, that item is recomputed without it.
     with picked as (
         select d.kind, d.item_key
         from recsql.neighbor_dirty d
         order by d.marked_at, d.kind, d.item_key
         limit refresh_neighbors.max_items
     )
-    insert into pg_temp.recsql_refresh (kind, item_key)
-    select p.kind, p.item_key from picked p;
+    insert into pg_temp.recsql_refresh (kind, item_key, users, floor_score, min_n)
+    select p.kind, p.item_key, coalesce(st.n_users, 0), f.floor_score,
+           greatest(v_settings.min_support, coalesce(floor(case v_settings.similarity
+               when 'cosine' then f.floor_score * sqrt(greatest(st.n_users, 1)) * (1 - 1e-9)
+               when 'count' then f.floor_score * (1 - 1e-9)
+           end)::integer, 0))
+    from picked p
+    left join recsql.item_stats st on st.item_key = p.item_key
+    left join recsql.neighbor_lists l on l.kind = p.kind and l.item_key = p.item_key
+    cross join lateral (
+        select case when cardinality(l.scores) >= v_len then l.scores[v_len]::double precision end as floor_score
+    ) f;
     get diagnostics v_n = row_count;
     if v_n = 0 then
         return 0;
@@ -370,6 +436,30 @@ begin
         perform set_config('work_mem', '256MB', true);
     end if;
 
+    insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
+    select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
+    from pg_temp.recsql_refresh r
+    join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+    join recsql.item_stats sb on sb.item_key = p.item_b
+    where p.n >= r.min_n;
+
+    update pg_temp.recsql_refresh r
+    set full_scan = true
+    where r.floor_score is not null
+      and (select count(*) from pg_temp.recsql_refresh_scored x
+           where x.kind = r.kind and x.item_a = r.item_key and x.score >= r.floor_score) < v_len;
+    if found then
+        delete from pg_temp.recsql_refresh_scored x
+        using pg_temp.recsql_refresh r
+        where r.full_scan and x.kind = r.kind and x.item_a = r.item_key;
+        insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
+        select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
+        from pg_temp.recsql_refresh r
+        join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+        join recsql.item_stats sb on sb.item_key = p.item_b
+        where r.full_scan and p.n >= v_settings.min_support;
+    end if;
+
     delete from recsql.neighbor_dirty d
     using pg_temp.recsql_refresh r
     where d.kind = r.kind and d.item_key = r.item_key;
@@ -384,22 +474,11 @@ begin
            array_agg(x.score::real order by x.rank),
            array_agg(x.n order by x.rank)
     from (
-        select p.kind, p.item_a, p.item_b, p.n, sc.score,
-               row_number() over (partition by p.kind, p.item_a order by sc.score desc, p.item_b) as rank
-        from pg_temp.recsql_refresh r
-        join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
-        join recsql.item_stats sa on sa.item_key = p.item_a
-        join recsql.item_stats sb on sb.item_key = p.item_b
-        cross join lateral (
-            select case v_settings.similarity
-                when 'cosine' then p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1))
-                when 'jaccard' then p.n / greatest(sa.n_users + sb.n_users - p.n, p.n, 1)::double precision
-                else p.n::double precision
-            end as score
-        ) sc
-        where p.n >= v_settings.min_support
+        select s.kind, s.item_a, s.item_b, s.n, s.score,
+               row_number() over (partition by s.kind, s.item_a order by s.score desc, s.item_b) as rank
+        from pg_temp.recsql_refresh_scored s
     ) x
-    where x.rank <= v_settings.neighbors_per_item
+    where x.rank <= v_len
     group by x.kind, x.item_a;
 
     if v_nestloop is not null then
@@ -452,7 +531,7 @@ declare
     v_cooc_horizon timestamptz;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
-    v_horizon := pg_snapshot_xmin(pg_current_snapshot());
+    v_horizon := recsql._fold_horizon();
 
     truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs,
              recsql.neighbor_lists, recsql.neighbor_dirty;

@@ -179,3 +179,57 @@ def test_neighbor_lists_after_full_refresh_equal_rebuild(conn):
     assert conn.execute(query).fetchall() == incremental
     assert len(incremental) == 6 and all(len(r["neighbors"]) <= 2 for r in incremental)
     assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] == 0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rounds=st.lists(
+        st.lists(st.tuples(st.integers(0, 7), st.integers(0, 11)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=6,
+    ),
+    length=st.integers(min_value=1, max_value=4),
+    similarity=st.sampled_from(["cosine", "jaccard", "count"]),
+)
+def test_pruned_list_refresh_equals_full_recompute(conn, rounds, length, similarity):
+    """Refreshing with the old list's floor as a bound gives the same lists as computing from scratch."""
+    reset(conn)
+    conn.execute("TRUNCATE recsql.neighbor_lists, recsql.neighbor_dirty")
+    conn.execute(
+        "UPDATE recsql.settings SET cooc_window = 3, neighbors_per_item = %s, similarity = %s",
+        (length, similarity),
+    )
+    for events in rounds:
+        for user, item in events:
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (f"u{user}", f"i{item}"))
+        conn.execute("SELECT recsql.flush()")
+    conn.execute("SELECT recsql.mark_all_neighbors()")
+    conn.execute("SELECT recsql.refresh_neighbors()")
+    query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
+    pruned = conn.execute(query).fetchall()
+    conn.execute("SELECT recsql.rebuild()")
+    assert conn.execute(query).fetchall() == pruned
+
+
+def test_list_refresh_falls_back_when_the_old_floor_no_longer_holds(conn):
+    """The top neighbour loses its lead when its own audience grows; the pruned refresh must notice."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 1, neighbors_per_item = 1")
+
+    def session(user: str, *items: str) -> None:
+        for item in items:
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+
+    for i in range(4):
+        session(f"u{i}", "a", "b")  # b's only users: cosine(a, b) = 1, a full list with floor 1
+    conn.execute("SELECT recsql.flush()")
+    assert [r["item_id"] for r in conn.execute("SELECT * FROM recsql.similar_items('a', 1)")] == ["b"]
+    for i in range(40):
+        session(f"fan{i}", "b")  # b gets a huge audience of its own: cosine(a, b) drops to 0.27
+    # a's pairs change, so its list is refreshed; the floor (1) bounds pairs to n >= 2, which
+    # leaves only b, now below the floor: the refresh must rescan and find d (cosine 0.45).
+    session("u9", "a", "d")
+    conn.execute("SELECT recsql.flush()")
+    refreshed = [r["item_id"] for r in conn.execute("SELECT * FROM recsql.similar_items('a', 1)")]
+    conn.execute("SELECT recsql.rebuild()")
+    assert refreshed == [r["item_id"] for r in conn.execute("SELECT * FROM recsql.similar_items('a', 1)")]
+    assert refreshed == ["d"]

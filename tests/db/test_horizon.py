@@ -1,0 +1,36 @@
+"""The folder waits for this database's open transactions only."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from recsql import api
+
+
+def test_open_transaction_in_another_database_does_not_stall_folding(db_url, conn):
+    with psycopg.connect(make_conninfo(db_url, dbname="postgres")) as other:
+        other.execute("SELECT pg_current_xact_id()")  # holds an xid, like a long load elsewhere
+        api.track(conn, "u1", "a", "view")
+        assert api.flush(conn) == 1
+        other.rollback()
+
+
+def test_open_transaction_here_holds_back_later_events(db_url, conn):
+    with psycopg.connect(db_url) as early:
+        early.execute("INSERT INTO recsql.events (user_id, item_id, event_type) VALUES ('u1', 'a', 'view')")
+        api.track(conn, "u1", "b", "view")  # commits after `early` started
+        assert api.flush(conn) == 0  # folding b now would put it before a in replay order
+        early.commit()
+    assert api.flush(conn) == 2
+    order = conn.execute(
+        "SELECT i.item_id FROM recsql.events e JOIN recsql.items i USING (item_id) ORDER BY e.xid, e.seq"
+    ).fetchall()
+    assert [r["item_id"] for r in order] == ["a", "b"]
+
+
+def test_flush_inside_a_writing_transaction_leaves_its_own_events_for_later(conn):
+    with conn.transaction():
+        api.track(conn, "u1", "a", "view")
+        assert api.flush(conn) == 0
+    assert api.flush(conn) == 1
