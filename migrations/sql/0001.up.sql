@@ -1185,19 +1185,19 @@ create function recsql._rank(p_sources integer[], p_weights double precision[], 
                              p_category text, p_in_stock_only boolean)
 returns table (item_id text, score double precision, reason text)
 language sql stable parallel safe as $$
-    with personal as (
-        select sc.item_key, sc.score, src.item_id as source_id
-        from (
-            select ps.item_key, sum(ps.contribution) as score,
-                   (array_agg(ps.source_key order by ps.contribution desc, ps.source_key))[1] as top_source
-            from recsql._pair_scores('v', p_sources, p_weights) ps
-            where ps.item_key <> all (p_excluded)
-            group by ps.item_key
-        ) sc
-        join recsql.items i on i.item_key = sc.item_key
-        join recsql.items src on src.item_key = sc.top_source
-        where (p_category is null or i.category = p_category)
-          and (not p_in_stock_only or i.in_stock)
+    with contributions as materialized (
+        select ps.item_key, ps.source_key, ps.contribution
+        from recsql._pair_scores('v', p_sources, p_weights) ps
+        where ps.item_key <> all (p_excluded)
+    ), personal as (
+        -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
+        select sc.item_key, sc.score
+        from (select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key) sc
+        where (p_category is null and not p_in_stock_only)
+           or exists (select 1 from recsql.items i
+                      where i.item_key = sc.item_key
+                        and (p_category is null or i.category = p_category)
+                        and (not p_in_stock_only or i.in_stock))
         order by sc.score desc, sc.item_key
         limit p_k
     ), fill as (
@@ -1214,8 +1214,16 @@ language sql stable parallel safe as $$
     )
     select r.item_id, r.score, r.reason
     from (
-        select i.item_id, p.score, 'similar to ' || p.source_id as reason, 0 as grp, p.score as ord, p.item_key
-        from personal p join recsql.items i on i.item_key = p.item_key
+        select i.item_id, p.score, 'similar to ' || src.item_id as reason, 0 as grp, p.score as ord, p.item_key
+        from personal p
+        join recsql.items i on i.item_key = p.item_key
+        cross join lateral (
+            select c.source_key from contributions c
+            where c.item_key = p.item_key
+            order by c.contribution desc, c.source_key
+            limit 1
+        ) top
+        join recsql.items src on src.item_key = top.source_key
         union all
         select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
         from fill f join recsql.items i on i.item_key = f.item_key
