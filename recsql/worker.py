@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
@@ -55,16 +56,24 @@ class Folder:
         self._thread = threading.Thread(target=self.run, name="recsql-folder", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _maintenance_due(conn: psycopg.Connection[Any]) -> bool:
+        """Whether recsql.maintain() last ran more than MAINTAIN_EVERY_S ago (by any worker)."""
+        row = conn.execute(
+            "SELECT maintained_at IS NULL OR maintained_at < now() - make_interval(secs => %s) AS due"
+            " FROM recsql.fold_state",
+            (MAINTAIN_EVERY_S,),
+        ).fetchone()
+        return bool(row and row["due"])
+
     def run(self) -> None:
         """Fold until stop() is called; reconnect after database errors."""
-        last_maintain = 0.0
         while not self._stop.is_set():
             try:
                 with db.connection(self.url) as conn:
                     while not self._stop.is_set():
-                        if time.monotonic() - last_maintain > MAINTAIN_EVERY_S:
+                        if self._maintenance_due(conn):
                             api.maintain(conn)
-                            last_maintain = time.monotonic()
                         started = time.perf_counter()
                         n = api.fold(conn)
                         refreshed = api.refresh_neighbors(conn, self.lists_per_round)

@@ -147,7 +147,8 @@ create table recsql.fold_state (
     horizon xid8 not null default '0',
     cooc_horizon timestamptz,
     folded_events bigint not null default 0,
-    last_fold_at timestamptz
+    last_fold_at timestamptz,
+    maintained_at timestamptz
 );
 
 insert into recsql.fold_state default values;

@@ -667,6 +667,7 @@ begin
 
     -- Scores depend on partners' user counts too: recompute every list now and then.
     perform recsql.mark_all_neighbors();
+    update recsql.fold_state set maintained_at = now();
 
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
                  from recsql.fold_state fs;

@@ -56,7 +56,8 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        extract(epoch from now() - f.last_fold_at)::double precision as seconds_since_fold,
        (select count(*) from recsql.neighbor_dirty) as pending_lists,
        (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
-       f.cooc_horizon
+       f.cooc_horizon,
+       f.maintained_at
 from recsql.fold_state f;
 
 comment on view recsql.fold_status is 'Folder progress: events waiting to reach derived state, and when it last ran';

@@ -147,7 +147,8 @@ create table recsql.fold_state (
     horizon xid8 not null default '0',
     cooc_horizon timestamptz,
     folded_events bigint not null default 0,
-    last_fold_at timestamptz
+    last_fold_at timestamptz,
+    maintained_at timestamptz
 );
 
 insert into recsql.fold_state default values;
@@ -1057,6 +1058,7 @@ begin
 
     -- Scores depend on partners' user counts too: recompute every list now and then.
     perform recsql.mark_all_neighbors();
+    update recsql.fold_state set maintained_at = now();
 
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
                  from recsql.fold_state fs;
@@ -1432,7 +1434,8 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        extract(epoch from now() - f.last_fold_at)::double precision as seconds_since_fold,
        (select count(*) from recsql.neighbor_dirty) as pending_lists,
        (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
-       f.cooc_horizon
+       f.cooc_horizon,
+       f.maintained_at
 from recsql.fold_state f;
 
 comment on view recsql.fold_status is 'Folder progress: events waiting to reach derived state, and when it last ran';
