@@ -87,7 +87,9 @@ def run(users: int, items: int, seed: int) -> None:
         # `recsql db psql` runs the psql bundled with the embedded server (or yours, for an external one).
         lines = [f'  recsql db psql -c "{h.as_string(conn)}"' for h in hints]
 
-    print(f"\nDone in {time.perf_counter() - started:.1f} s. Query it yourself (or: psql \"$(recsql db url)\"):")
+    print(
+        f'\nDone in {time.perf_counter() - started:.1f} s. Query it yourself (or: psql "$(recsql db url)"):'
+    )
     print("\n".join(lines))
     print(f"  recsql recommend {heavy}")
     print(f"  recsql similar {popular}    (add --bought-together for co-purchases)")
