@@ -29,9 +29,9 @@ create table recsql.settings (
         constraint settings_neighbors_per_item_check check (neighbors_per_item between 1 and 1000),
     similarity text not null default 'cosine'
         constraint settings_similarity_check check (similarity in ('cosine', 'jaccard', 'count')),
-    history_length integer not null default 30
+    history_length integer not null default 15
         constraint settings_history_length_check check (history_length between 1 and 10000),
-    history_half_life double precision not null default 10
+    history_half_life double precision not null default 5
         constraint settings_history_half_life_check check (history_half_life > 0),
     trending_half_life interval not null default '2 days'
         constraint settings_trending_half_life_check check (trending_half_life >= interval '1 minute'),
