@@ -443,11 +443,19 @@ begin
     join recsql.item_stats sb on sb.item_key = p.item_b
     where p.n >= r.min_n;
 
+    -- A join, not a correlated count: the scratch tables have no indexes.
     update pg_temp.recsql_refresh r
     set full_scan = true
-    where r.floor_score is not null
-      and (select count(*) from pg_temp.recsql_refresh_scored x
-           where x.kind = r.kind and x.item_a = r.item_key and x.score >= r.floor_score) < v_len;
+    from (
+        select f.kind, f.item_key
+        from pg_temp.recsql_refresh f
+        left join pg_temp.recsql_refresh_scored x
+               on x.kind = f.kind and x.item_a = f.item_key and x.score >= f.floor_score
+        where f.floor_score is not null
+        group by f.kind, f.item_key
+        having count(x.item_b) < v_len
+    ) short
+    where r.kind = short.kind and r.item_key = short.item_key;
     if found then
         delete from pg_temp.recsql_refresh_scored x
         using pg_temp.recsql_refresh r
