@@ -198,32 +198,30 @@ def _import_options(fn: Any) -> Any:
     return fn
 
 
+def _run_import(kind: str, file: Path, fmt: str | None, skip_invalid: bool) -> None:
+    from recsql import importer
+
+    load = importer.import_events if kind == "events" else importer.import_items
+    with db.connection() as conn:
+        db.require_schema(conn)
+        report = load(conn, file, fmt=fmt, skip_invalid=skip_invalid, progress=True)
+    click.echo(report.summary())
+    if report.rejected and not skip_invalid:
+        sys.exit(1)
+
+
 @import_group.command("events")
 @_import_options
 def import_events(file: Path, fmt: str | None, skip_invalid: bool) -> None:
     """Import events from FILE ('-' for stdin): user_id, item_id, event_type, ts and optional columns."""
-    from recsql import importer
-
-    with db.connection() as conn:
-        db.require_schema(conn)
-        report = importer.import_events(conn, file, fmt=fmt, skip_invalid=skip_invalid, progress=True)
-    click.echo(report.summary())
-    if report.rejected and not skip_invalid:
-        sys.exit(1)
+    _run_import("events", file, fmt, skip_invalid)
 
 
 @import_group.command("items")
 @_import_options
 def import_items(file: Path, fmt: str | None, skip_invalid: bool) -> None:
     """Import or update catalog items from FILE ('-' for stdin): item_id and optional columns."""
-    from recsql import importer
-
-    with db.connection() as conn:
-        db.require_schema(conn)
-        report = importer.import_items(conn, file, fmt=fmt, skip_invalid=skip_invalid, progress=True)
-    click.echo(report.summary())
-    if report.rejected and not skip_invalid:
-        sys.exit(1)
+    _run_import("items", file, fmt, skip_invalid)
 
 
 @main.command("rebuild")
