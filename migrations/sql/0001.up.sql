@@ -1064,8 +1064,12 @@ begin
         end if;
     end if;
 
-    -- Scores depend on partners' user counts too: recompute every list now and then.
-    perform recsql.mark_all_neighbors();
+    -- Scores depend on partners' user counts too: recompute lists untouched for a day.
+    insert into recsql.neighbor_dirty (kind, item_key)
+    select l.kind, l.item_key
+    from recsql.neighbor_lists l
+    where l.refreshed_at < now() - interval '1 day'
+    on conflict (kind, item_key) do nothing;
     update recsql.fold_state set maintained_at = now();
 
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
@@ -1074,7 +1078,7 @@ end
 $$;
 
 comment on function recsql.maintain() is
-    'Expires pair formations older than settings.cooc_retention, keeps popularity in range, queues all lists for refresh; run hourly';
+    'Expires pair formations older than settings.cooc_retention, keeps popularity in range, queues lists older than a day for refresh; run hourly';
 
 -- Order-independent fingerprint of derived state, to check incremental state against rebuild().
 create function recsql.state_digest()

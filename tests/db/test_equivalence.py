@@ -165,13 +165,13 @@ def test_maintain_expires_old_formations_exactly(conn):
 
 
 def test_neighbor_lists_after_full_refresh_equal_rebuild(conn):
-    """Lists are a serving index: after maintain() queues them all, a flush makes them equal a rebuild's."""
+    """Lists are a serving index: once all are queued again, a flush makes them equal a rebuild's."""
     conn.execute("UPDATE recsql.settings SET cooc_window = 3, neighbors_per_item = 2")
     for user, items in {"u1": "abcd", "u2": "bcde", "u3": "acef", "u4": "ab"}.items():
         for item in items:
             conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
         conn.execute("SELECT recsql.flush()")
-    conn.execute("SELECT * FROM recsql.maintain()")
+    conn.execute("SELECT recsql.mark_all_neighbors()")
     conn.execute("SELECT recsql.flush()")
     query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
     incremental = conn.execute(query).fetchall()
@@ -233,3 +233,19 @@ def test_list_refresh_falls_back_when_the_old_floor_no_longer_holds(conn):
     conn.execute("SELECT recsql.rebuild()")
     assert refreshed == [r["item_id"] for r in conn.execute("SELECT * FROM recsql.similar_items('a', 1)")]
     assert refreshed == ["d"]
+
+
+def test_maintain_queues_lists_not_refreshed_for_a_day(conn):
+    for user in ("u1", "u2"):
+        for item in "abc":
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+    conn.execute("SELECT recsql.flush()")
+    conn.execute(
+        "UPDATE recsql.neighbor_lists SET refreshed_at = now() - interval '2 days' WHERE item_key IN"
+        " (SELECT item_key FROM recsql.items WHERE item_id = 'a')"
+    )
+    conn.execute("SELECT * FROM recsql.maintain()")
+    queued = conn.execute(
+        "SELECT i.item_id FROM recsql.neighbor_dirty d JOIN recsql.items i USING (item_key) ORDER BY 1"
+    ).fetchall()
+    assert [r["item_id"] for r in queued] == ["a"]
