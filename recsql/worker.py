@@ -71,6 +71,10 @@ class Folder:
         while not self._stop.is_set():
             try:
                 with db.connection(self.url) as conn:
+                    # The folder's commits need not wait for the disk: derived state and the inbox
+                    # rows it consumed commit together, so a fold lost in a crash is simply redone.
+                    # Writers' commits then do not queue behind the folder's WAL flushes.
+                    conn.execute("SET synchronous_commit = off")
                     while not self._stop.is_set():
                         if self._maintenance_due(conn):
                             api.maintain(conn)
