@@ -725,10 +725,17 @@ begin
 
     if v_n > 50000 then
         -- A bulk fold changes the derived tables faster than autovacuum re-samples them; fresh
-        -- statistics keep the next folds and refreshes on good plans.
+        -- statistics keep the next folds and refreshes on good plans. Only tables that changed by
+        -- a fifth since their last analyze: re-sampling millions of pairs every chunk is not free.
         analyze recsql.item_stats;
-        analyze recsql.item_pairs;
-        analyze recsql.user_item_events;
+        if (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
+            from pg_stat_user_tables where relid = 'recsql.item_pairs'::regclass) then
+            analyze recsql.item_pairs;
+        end if;
+        if (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
+            from pg_stat_user_tables where relid = 'recsql.user_item_events'::regclass) then
+            analyze recsql.user_item_events;
+        end if;
     end if;
 
     update recsql.fold_state
@@ -765,6 +772,7 @@ declare
     v_nestloop text;
     v_work_mem text;
     v_len integer;
+    v_prune boolean;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     select * into v_settings from recsql.settings;
@@ -793,6 +801,10 @@ begin
     -- Pruning: a full list's last score is a floor. cosine <= n / sqrt(users_a) and count = n, so a
     -- pair whose count is below floor * sqrt(users_a) (cosine) or floor (count) cannot enter. If
     -- fewer than a full list of pairs still reach the floor, that item is recomputed without it.
+    -- Pruning pays off for the steady trickle of a few items (a hot item's list rescored from a
+    -- handful of its pairs); when most lists are due, one plain pass over the pairs is cheaper.
+    v_prune := coalesce(refresh_neighbors.max_items, 2147483647) <= 10000
+               or (select count(*) from recsql.neighbor_dirty) <= 10000;
     with picked as (
         select d.kind, d.item_key
         from recsql.neighbor_dirty d
@@ -809,7 +821,8 @@ begin
     left join recsql.item_stats st on st.item_key = p.item_key
     left join recsql.neighbor_lists l on l.kind = p.kind and l.item_key = p.item_key
     cross join lateral (
-        select case when cardinality(l.scores) >= v_len then l.scores[v_len]::double precision end as floor_score
+        select case when v_prune and cardinality(l.scores) >= v_len then l.scores[v_len]::double precision end
+               as floor_score
     ) f;
     get diagnostics v_n = row_count;
     if v_n = 0 then
