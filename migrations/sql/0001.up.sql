@@ -738,10 +738,12 @@ begin
         end if;
     end if;
 
+    -- An idle poll writes nothing, except a heartbeat every few seconds for fold_status.
     update recsql.fold_state
     set horizon = greatest(horizon, v_horizon),
         folded_events = folded_events + v_n,
-        last_fold_at = now();
+        last_fold_at = now()
+    where v_n > 0 or last_fold_at is null or last_fold_at < now() - interval '5 seconds';
     return v_n;
 end
 $$;
