@@ -142,9 +142,15 @@ def db_status() -> None:
         f"events:          {counts['events']:,}  items: {counts['items']:,}  pairs: {counts['pairs']:,}"
     )
     click.echo(
-        f"pending fold:    {status['pending_events']:,} events"
+        f"pending fold:    {status['pending_events']:,} events, {status['pending_lists']:,} neighbour lists"
         f" (last fold {status['last_fold_at'] or 'never'})"
     )
+    if (
+        status["pending_events"]
+        and status["seconds_since_fold"] is not None
+        and status["seconds_since_fold"] > 60
+    ):
+        click.echo("                 nothing folded for over a minute: is `recsql worker` running?")
 
 
 @db_group.command("verify")
