@@ -303,7 +303,7 @@ def worker(idle: float) -> None:
 
     log = logging.getLogger("recsql.worker")
     folder = Folder(idle_s=idle, on_fold=lambda n, s: log.info("folded %d events in %.3f s", n, s))
-    signal.signal(signal.SIGTERM, lambda *_: folder._stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: folder.stop())
     click.echo("folding events; Ctrl-C to stop", err=True)
     try:
         folder.run()

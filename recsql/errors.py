@@ -58,6 +58,12 @@ _CONSTRAINTS: dict[str, tuple[str, str | None, str]] = {
         "session_id must be at most 256 characters",
     ),
     "events_properties_check": ("invalid_properties", "properties", "properties must be a JSON object"),
+    "events_event_id_key": (
+        "duplicate_event_id",
+        "event_id",
+        "another writer stored the same event_id at the same moment; send it again and it is skipped,"
+        " or use recsql.track(), which waits and reports it as a duplicate",
+    ),
     "items_item_id_check": (
         "invalid_item_id",
         "item_id",

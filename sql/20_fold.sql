@@ -304,26 +304,28 @@ begin
     -- Every transaction of this database older than the horizon has ended, so no event can still
     -- appear before the ones folded here in (xid, seq) order.
     v_horizon := recsql._fold_horizon();
-    perform recsql._batch_reset();
-
-    with taken as (
-        delete from recsql.event_inbox q where q.xid < v_horizon
-        returning q.xid, q.first_seq, q.last_seq
-    )
-    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
-    select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
-    from taken q
-    -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
-    -- always-stale statistics, from turning this into a scan of every event.
-    cross join lateral (
-        select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
-        from recsql.events x
-        where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
-        offset 0
-    ) e
-    left join recsql.items i on i.item_id = e.item_id;
-    get diagnostics v_n = row_count;
-
+    v_n := 0;
+    -- An idle poll stops here: no scratch-table truncation (catalog churn) every 100 ms.
+    if exists (select 1 from recsql.event_inbox q where q.xid < v_horizon) then
+        perform recsql._batch_reset();
+        with taken as (
+            delete from recsql.event_inbox q where q.xid < v_horizon
+            returning q.xid, q.first_seq, q.last_seq
+        )
+        insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+        select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+        from taken q
+        -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
+        -- always-stale statistics, from turning this into a scan of every event.
+        cross join lateral (
+            select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
+            from recsql.events x
+            where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
+            offset 0
+        ) e
+        left join recsql.items i on i.item_id = e.item_id;
+        get diagnostics v_n = row_count;
+    end if;
     if v_n > 0 then
         perform recsql._batch_resolve_items();
         perform recsql._batch_add_context();
@@ -386,6 +388,9 @@ declare
     v_prune boolean;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    if not exists (select 1 from recsql.neighbor_dirty) then
+        return 0;  -- idle: leave the scratch tables alone
+    end if;
     select * into v_settings from recsql.settings;
     v_len := v_settings.neighbors_per_item;
 

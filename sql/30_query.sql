@@ -245,18 +245,25 @@ $$;
 
 comment on function recsql.bought_together(text, integer) is 'Items bought together with the given one';
 
+-- Popularity decayed from decay_epoch to now: weighted events per half-life as of now.
+create function recsql._trending_score(p_popularity numeric) returns double precision
+language sql stable parallel safe as $$
+    select p_popularity::double precision
+           * power(2::double precision, -greatest(-1000, least(1000,
+               extract(epoch from now() - s.decay_epoch)::double precision
+               / extract(epoch from s.trending_half_life)::double precision)))
+    from recsql.settings s
+$$;
+
+comment on function recsql._trending_score(numeric) is 'item_stats.popularity scaled to now';
+
 -- Items by time-decayed weighted popularity; score is weighted events per half-life as of now.
 create function recsql.trending(k integer default 10, category text default null)
 returns table (item_id text, score double precision)
 language sql stable as $$
-    select i.item_id,
-           (st.popularity::double precision
-            * power(2::double precision, -greatest(-1000, least(1000,
-                extract(epoch from now() - s.decay_epoch)::double precision
-                / extract(epoch from s.trending_half_life)::double precision))))
+    select i.item_id, recsql._trending_score(st.popularity)
     from recsql.item_stats st
     join recsql.items i on i.item_key = st.item_key
-    cross join recsql.settings s
     where st.popularity > 0 and (trending.category is null or i.category = trending.category)
     order by st.popularity desc, st.item_key
     limit recsql._check_k(trending.k)

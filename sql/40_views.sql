@@ -24,13 +24,9 @@ select i.item_id,
        i.category,
        st.n_users,
        st.n_events,
-       (st.popularity::double precision
-        * power(2::double precision, -greatest(-1000, least(1000,
-            extract(epoch from now() - s.decay_epoch)::double precision
-            / extract(epoch from s.trending_half_life)::double precision)))) as trending_score
+       recsql._trending_score(st.popularity) as trending_score
 from recsql.item_stats st
-join recsql.items i on i.item_key = st.item_key
-cross join recsql.settings s;
+join recsql.items i on i.item_key = st.item_key;
 
 comment on view recsql.item_popularity is 'Per item: distinct users, events, and trending score as of now';
 
@@ -39,7 +35,7 @@ select a.item_id,
        b.item_id as neighbor_id,
        case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
        p.n as together,
-       p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1)) as cosine
+       recsql._pair_score(p.n, sa.n_users, sb.n_users, 'cosine') as cosine
 from recsql.item_pairs p
 join recsql.items a on a.item_key = p.item_a
 join recsql.items b on b.item_key = p.item_b

@@ -695,26 +695,28 @@ begin
     -- Every transaction of this database older than the horizon has ended, so no event can still
     -- appear before the ones folded here in (xid, seq) order.
     v_horizon := recsql._fold_horizon();
-    perform recsql._batch_reset();
-
-    with taken as (
-        delete from recsql.event_inbox q where q.xid < v_horizon
-        returning q.xid, q.first_seq, q.last_seq
-    )
-    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
-    select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
-    from taken q
-    -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
-    -- always-stale statistics, from turning this into a scan of every event.
-    cross join lateral (
-        select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
-        from recsql.events x
-        where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
-        offset 0
-    ) e
-    left join recsql.items i on i.item_id = e.item_id;
-    get diagnostics v_n = row_count;
-
+    v_n := 0;
+    -- An idle poll stops here: no scratch-table truncation (catalog churn) every 100 ms.
+    if exists (select 1 from recsql.event_inbox q where q.xid < v_horizon) then
+        perform recsql._batch_reset();
+        with taken as (
+            delete from recsql.event_inbox q where q.xid < v_horizon
+            returning q.xid, q.first_seq, q.last_seq
+        )
+        insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
+        select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
+        from taken q
+        -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
+        -- always-stale statistics, from turning this into a scan of every event.
+        cross join lateral (
+            select x.user_id, x.item_id, x.event_type, x.value, x.ts, x.xid, x.seq
+            from recsql.events x
+            where x.seq between q.first_seq and q.last_seq and x.xid = q.xid
+            offset 0
+        ) e
+        left join recsql.items i on i.item_id = e.item_id;
+        get diagnostics v_n = row_count;
+    end if;
     if v_n > 0 then
         perform recsql._batch_resolve_items();
         perform recsql._batch_add_context();
@@ -777,6 +779,9 @@ declare
     v_prune boolean;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    if not exists (select 1 from recsql.neighbor_dirty) then
+        return 0;  -- idle: leave the scratch tables alone
+    end if;
     select * into v_settings from recsql.settings;
     v_len := v_settings.neighbors_per_item;
 
@@ -1361,18 +1366,25 @@ $$;
 
 comment on function recsql.bought_together(text, integer) is 'Items bought together with the given one';
 
+-- Popularity decayed from decay_epoch to now: weighted events per half-life as of now.
+create function recsql._trending_score(p_popularity numeric) returns double precision
+language sql stable parallel safe as $$
+    select p_popularity::double precision
+           * power(2::double precision, -greatest(-1000, least(1000,
+               extract(epoch from now() - s.decay_epoch)::double precision
+               / extract(epoch from s.trending_half_life)::double precision)))
+    from recsql.settings s
+$$;
+
+comment on function recsql._trending_score(numeric) is 'item_stats.popularity scaled to now';
+
 -- Items by time-decayed weighted popularity; score is weighted events per half-life as of now.
 create function recsql.trending(k integer default 10, category text default null)
 returns table (item_id text, score double precision)
 language sql stable as $$
-    select i.item_id,
-           (st.popularity::double precision
-            * power(2::double precision, -greatest(-1000, least(1000,
-                extract(epoch from now() - s.decay_epoch)::double precision
-                / extract(epoch from s.trending_half_life)::double precision))))
+    select i.item_id, recsql._trending_score(st.popularity)
     from recsql.item_stats st
     join recsql.items i on i.item_key = st.item_key
-    cross join recsql.settings s
     where st.popularity > 0 and (trending.category is null or i.category = trending.category)
     order by st.popularity desc, st.item_key
     limit recsql._check_k(trending.k)
@@ -1429,13 +1441,9 @@ select i.item_id,
        i.category,
        st.n_users,
        st.n_events,
-       (st.popularity::double precision
-        * power(2::double precision, -greatest(-1000, least(1000,
-            extract(epoch from now() - s.decay_epoch)::double precision
-            / extract(epoch from s.trending_half_life)::double precision)))) as trending_score
+       recsql._trending_score(st.popularity) as trending_score
 from recsql.item_stats st
-join recsql.items i on i.item_key = st.item_key
-cross join recsql.settings s;
+join recsql.items i on i.item_key = st.item_key;
 
 comment on view recsql.item_popularity is 'Per item: distinct users, events, and trending score as of now';
 
@@ -1444,7 +1452,7 @@ select a.item_id,
        b.item_id as neighbor_id,
        case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
        p.n as together,
-       p.n / sqrt(greatest(sa.n_users, 1)::double precision * greatest(sb.n_users, 1)) as cosine
+       recsql._pair_score(p.n, sa.n_users, sb.n_users, 'cosine') as cosine
 from recsql.item_pairs p
 join recsql.items a on a.item_key = p.item_a
 join recsql.items b on b.item_key = p.item_b

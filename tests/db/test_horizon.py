@@ -34,3 +34,15 @@ def test_flush_inside_a_writing_transaction_leaves_its_own_events_for_later(conn
         api.track(conn, "u1", "a", "view")
         assert api.flush(conn) == 0
     assert api.flush(conn) == 1
+
+
+def test_idle_fold_and_refresh_do_no_work(db_url):
+    """Polling with nothing pending must not touch scratch tables (catalog churn every 100 ms)."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        assert c.execute("SELECT recsql.fold(), recsql.refresh_neighbors()").fetchone() == (0, 0)
+        assert c.execute(
+            "SELECT to_regclass('pg_temp.recsql_batch'), to_regclass('pg_temp.recsql_refresh')"
+        ).fetchone() == (
+            None,
+            None,
+        )

@@ -523,6 +523,7 @@ def test_race_on_event_id_rolls_back(conn, db_url, tmp_path):
     [error] = outcome
     assert isinstance(error, BadInput)
     assert "events_event_id_key" in str(error) and "nothing was loaded" in str(error)
+    assert error.code == "duplicate_event_id" and "send it again and it is skipped" in str(error)
     assert [r["event_id"] for r in stored_events(conn)] == ["r1"]
 
 
