@@ -32,12 +32,14 @@ def track(
     event_id: str | None = None,
     session_id: str | None = None,
     properties: dict[str, Any] | None = None,
+    recommendation_id: str | None = None,
 ) -> Row:
     """Record one event; a repeated event_id is reported as a duplicate and counted once."""
     rows = _rows(
         conn,
         "SELECT id AS event_id, seq, duplicate FROM recsql.track(%(user_id)s, %(item_id)s, %(event_type)s,"
-        " coalesce(%(ts)s, now()), %(value)s, %(event_id)s, %(session_id)s, %(properties)s)",
+        " coalesce(%(ts)s, now()), %(value)s, %(event_id)s, %(session_id)s, %(properties)s,"
+        " %(recommendation_id)s::uuid)",
         {
             "user_id": user_id,
             "item_id": item_id,
@@ -47,6 +49,7 @@ def track(
             "event_id": event_id,
             "session_id": session_id,
             "properties": Jsonb(properties or {}),
+            "recommendation_id": recommendation_id,
         },
     )
     return rows[0]
@@ -123,6 +126,12 @@ def explain(conn: Conn, user_id: str, item_id: str) -> list[Row]:
     )
 
 
+def identify(conn: Conn, anonymous_id: str, user_id: str) -> str:
+    """Link an anonymous id to a user so its history counts for them; return the user it was linked to."""
+    rows = _rows(conn, "SELECT recsql.identify(%(a)s, %(u)s) AS user_id", {"a": anonymous_id, "u": user_id})
+    return str(rows[0]["user_id"])
+
+
 def item_exists(conn: Conn, item_id: str) -> bool:
     """Whether the catalog knows ``item_id``."""
     rows = _rows(conn, "SELECT 1 AS one FROM recsql.items WHERE item_id = %(item_id)s", {"item_id": item_id})
@@ -150,7 +159,7 @@ def rebuild(conn: Conn) -> int:
 
 
 def forget_user(conn: Conn, user_id: str) -> int:
-    """Delete a user's events and their contribution everywhere; return events deleted."""
+    """Delete a user's events (and linked anonymous ids') and their contribution everywhere; return events deleted."""
     return int(_rows(conn, "SELECT recsql.forget_user(%(user_id)s) AS n", {"user_id": user_id})[0]["n"])
 
 

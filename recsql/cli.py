@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +313,106 @@ def worker(idle: float) -> None:
     except KeyboardInterrupt:
         pass
     click.echo(f"stopped after folding {folder.folded:,} events", err=True)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    help="gunicorn worker processes for production; 0 runs the development server.",
+)
+@click.option("--threads", default=4, show_default=True, help="Threads per gunicorn worker.")
+@click.option(
+    "--allow-anonymous-tracking",
+    is_flag=True,
+    envvar="RECSQL_ALLOW_ANONYMOUS_TRACKING",
+    help="Accept tracking without a key from this server's own pages.",
+)
+@click.option(
+    "--with-worker", is_flag=True, help="Also fold events in this process (else run `recsql worker`)."
+)
+def serve(
+    host: str, port: int, workers: int, threads: int, allow_anonymous_tracking: bool, with_worker: bool
+) -> None:
+    """Serve the HTTP API (tracking, recommendations, catalog, /metrics, /openapi.json)."""
+    metrics_dir = None
+    if workers > 0:
+        # gunicorn workers share counters through files; prometheus_client must see the
+        # directory before it is first imported, which importing web does.
+        metrics_dir = tempfile.mkdtemp(prefix="recsql-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from web import server
+
+    url = server.prepare(allow_anonymous_tracking, workers)
+    click.echo(f"recsql API on http://{host}:{port} (database {url.split('?')[0]})", err=True)
+    folder = None
+    if with_worker:
+        from recsql.worker import Folder
+
+        folder = Folder(url)
+        folder.start_thread()
+    try:
+        if workers > 0:
+            server.run_gunicorn(host, port, workers, threads)
+        else:
+            click.echo("development server; use --workers N in production", err=True)
+            server.run_development(host, port)
+    finally:
+        if folder is not None:
+            folder.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys: track (publishable), read and admin (secret)."""
+
+
+@keys_group.command("create")
+@click.option(
+    "--scope", type=click.Choice(["track", "read", "admin"]), required=True, help="What the key may do."
+)
+@click.option("--name", default="", help="A label to recognise the key by.")
+@click.option(
+    "--origin", "origins", multiple=True, help="Browser origin allowed to use a track key (repeatable)."
+)
+@click.option("--rate-limit", type=int, default=None, help="Requests per second (default: the server's).")
+def keys_create(scope: str, name: str, origins: tuple[str, ...], rate_limit: int | None) -> None:
+    """Create a key and print it once, alone on the last line (only its hash is stored)."""
+    from recsql import keys
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        created = keys.create(conn, scope, name=name, allowed_origins=list(origins), rate_limit=rate_limit)
+    click.echo(f"created {scope} key {created.key_id}; it is shown only now, store it safely:", err=True)
+    click.echo(created.key)
+
+
+@keys_group.command("list")
+@_format_option
+def keys_list(fmt: str) -> None:
+    """List keys (ids, scopes, origins, revocation), never the secrets."""
+    from recsql import keys
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        _print_rows(keys.list_keys(conn), fmt)
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id; servers stop accepting it within seconds."""
+    from recsql import keys
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        keys.revoke(conn, key_id)
+    click.echo(f"revoked {key_id}")
 
 
 @main.command("demo")

@@ -20,7 +20,11 @@ class BadInput(RecsqlError):
 
 
 class NotFound(RecsqlError):
-    """A named user or item does not exist."""
+    """A named user, item or key does not exist."""
+
+    def __init__(self, message: str, *, code: str = "not_found") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class DatabaseUnavailable(RecsqlError):

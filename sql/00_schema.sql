@@ -96,13 +96,17 @@ create table recsql.items (
     properties jsonb not null default '{}'
         constraint items_properties_check check (jsonb_typeof(properties) = 'object'),
     created_at timestamptz not null default now(),
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default now(),
+    hidden_at timestamptz
 );
 
 create index items_category_idx on recsql.items (category);
+-- Small in practice; the queries anti-join it to drop hidden items.
+create index items_hidden_idx on recsql.items (item_key) where hidden_at is not null;
 
 comment on table recsql.items is 'Catalog; an event for an unknown item registers it with only its id';
 comment on column recsql.items.item_key is 'Compact internal key used by the derived tables';
+comment on column recsql.items.hidden_at is 'Set when the item was removed from the shop: it is never recommended';
 
 create table recsql.events (
     seq bigint generated always as identity constraint events_pkey primary key,
@@ -119,17 +123,21 @@ create table recsql.events (
     properties jsonb not null default '{}'
         constraint events_properties_check check (jsonb_typeof(properties) = 'object'),
     xid xid8 not null default pg_current_xact_id(),
-    arrived_at timestamptz not null default now()
+    arrived_at timestamptz not null default now(),
+    recommendation_id uuid
 );
 
 create unique index events_event_id_key on recsql.events (event_id);
 create index events_user_idx on recsql.events (user_id, xid, seq);
+create index events_recommendation_idx on recsql.events (recommendation_id) where recommendation_id is not null;
 
 comment on table recsql.events is
     'Append-only event log. INSERT or COPY (user_id, item_id, event_type, ts) directly, or call recsql.track()';
 comment on column recsql.events.event_id is 'Idempotency key: a second event with the same id is dropped';
 comment on column recsql.events.xid is 'Inserting transaction; replay order is (xid, seq)';
 comment on column recsql.events.arrived_at is 'Server time the event was stored';
+comment on column recsql.events.recommendation_id is
+    'The served list (recsql.recommendation_log) this event responds to, for click and conversion attribution';
 
 -- Written by every inserting statement, read and emptied by the folder: keeps ingestion append-only.
 create table recsql.event_inbox (
@@ -226,3 +234,58 @@ create table recsql.neighbor_dirty (
 );
 
 comment on table recsql.neighbor_dirty is 'Items whose pairs changed since their neighbour list was computed';
+
+-- Serving: API keys, anonymous ids linked to users, and every list served over HTTP.
+
+create table recsql.api_keys (
+    key_id text constraint api_keys_pkey primary key
+        constraint api_keys_key_id_check check (key_id ~ '^[a-z0-9]{8,32}$'),
+    name text not null default ''
+        constraint api_keys_name_check check (length(name) <= 200),
+    scope text not null constraint api_keys_scope_check check (scope in ('track', 'read', 'admin')),
+    secret_hash bytea not null constraint api_keys_secret_hash_check check (length(secret_hash) = 32),
+    allowed_origins text[] not null default '{}',
+    rate_limit integer constraint api_keys_rate_limit_check check (rate_limit > 0),
+    created_at timestamptz not null default now(),
+    revoked_at timestamptz
+);
+
+comment on table recsql.api_keys is
+    'HTTP API keys: only a SHA-256 of the secret is stored; scopes track < read < admin';
+comment on column recsql.api_keys.allowed_origins is 'Browser origins a track key may be used from (CORS)';
+comment on column recsql.api_keys.rate_limit is 'Requests per second per server process (null: the server default)';
+
+create table recsql.user_aliases (
+    alias_id text constraint user_aliases_pkey primary key
+        constraint user_aliases_alias_id_check check (alias_id <> '' and length(alias_id) <= 256 and alias_id !~ '[[:cntrl:]]'),
+    user_id text not null
+        constraint user_aliases_user_id_check check (user_id <> '' and length(user_id) <= 256 and user_id !~ '[[:cntrl:]]'),
+    linked_at timestamptz not null default now(),
+    constraint user_aliases_distinct_check check (alias_id <> user_id)
+);
+
+create index user_aliases_user_idx on recsql.user_aliases (user_id);
+
+comment on table recsql.user_aliases is
+    'Anonymous ids linked to a signed-in user by recsql.identify(): their events count as the user''s';
+
+create table recsql.recommendation_log (
+    recommendation_id uuid constraint recommendation_log_pkey primary key,
+    served_at timestamptz not null default now(),
+    surface text not null constraint recommendation_log_surface_check
+        check (surface in ('user', 'similar', 'bought_together', 'trending', 'session')),
+    user_id text,
+    anchor_item_ids text[] not null default '{}',
+    item_ids text[] not null,
+    scores real[] not null,
+    model text,
+    constraint recommendation_log_lengths_check check (cardinality(item_ids) = cardinality(scores))
+);
+
+create index recommendation_log_served_idx on recsql.recommendation_log (served_at);
+create index recommendation_log_user_idx on recsql.recommendation_log (user_id) where user_id is not null;
+
+comment on table recsql.recommendation_log is
+    'Every list served over HTTP, items in position order; events carrying its id are attributed to it';
+comment on column recsql.recommendation_log.anchor_item_ids is 'The item(s) the list was asked for (similar, bought together, session)';
+comment on column recsql.recommendation_log.model is 'Model version that produced the list (null: the built-in model)';

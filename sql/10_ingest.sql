@@ -138,7 +138,8 @@ create function recsql.track(
     value double precision default null,
     event_id text default null,
     session_id text default null,
-    properties jsonb default '{}'
+    properties jsonb default '{}',
+    recommendation_id uuid default null
 ) returns table (id text, seq bigint, duplicate boolean)
 language plpgsql as $$
 #variable_conflict use_column
@@ -146,9 +147,10 @@ declare
     v_event_id text := coalesce(track.event_id, recsql.new_event_id());
     v_seq bigint;
 begin
-    insert into recsql.events as e (event_id, user_id, item_id, event_type, value, ts, session_id, properties)
+    insert into recsql.events as e (event_id, user_id, item_id, event_type, value, ts, session_id, properties,
+                                    recommendation_id)
     values (v_event_id, track.user_id, track.item_id, track.event_type, track.value,
-            coalesce(track.ts, now()), track.session_id, coalesce(track.properties, '{}'))
+            coalesce(track.ts, now()), track.session_id, coalesce(track.properties, '{}'), track.recommendation_id)
     on conflict (event_id) do nothing
     returning e.seq into v_seq;
     if v_seq is null then
@@ -159,5 +161,5 @@ begin
 end
 $$;
 
-comment on function recsql.track(text, text, text, timestamptz, double precision, text, text, jsonb) is
+comment on function recsql.track(text, text, text, timestamptz, double precision, text, text, jsonb, uuid) is
     'Records one event idempotently (same event_id twice counts once); returns its id and whether it was a duplicate';

@@ -597,6 +597,7 @@ declare
     v_horizon xid8;
     v_cooc_horizon timestamptz;
     v_n bigint;
+    v_ids text[];
 begin
     if p_user_id is null then
         raise exception 'forget_user needs a user id' using errcode = '22004';
@@ -606,41 +607,45 @@ begin
     perform recsql.flush();
     select * into v_settings from recsql.settings;
     select horizon, coalesce(cooc_horizon, '-infinity') into v_horizon, v_cooc_horizon from recsql.fold_state;
+    -- The person is the user id and every anonymous id linked to it.
+    v_ids := recsql._user_ids(p_user_id);
 
     perform recsql._batch_reset();
     insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
     select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
     from recsql.events e
     join recsql.items i on i.item_id = e.item_id
-    where e.user_id = p_user_id and e.xid < v_horizon;
+    where e.user_id = any (v_ids) and e.xid < v_horizon;
 
     perform recsql._apply_pairs(-1, v_cooc_horizon, 'infinity');
 
     update recsql.item_event_counts c
     set n = c.n - x.n, value_sum = c.value_sum - x.value_sum
     from (select item_key, event_type, sum(n) as n, sum(value_sum) as value_sum
-          from recsql.user_item_events where user_id = p_user_id
+          from recsql.user_item_events where user_id = any (v_ids)
           group by item_key, event_type) x
     where c.item_key = x.item_key and c.event_type = x.event_type;
     delete from recsql.item_event_counts where n <= 0;
 
     update recsql.item_stats s
-    set n_users = s.n_users - 1,
+    set n_users = s.n_users - x.n_users,
         n_events = s.n_events - x.n_events,
         popularity = s.popularity - x.popularity
-    from (select b.item_key, count(*) as n_events,
+    from (select b.item_key, count(distinct b.user_id) as n_users, count(*) as n_events,
                  sum(recsql._popularity(t.weight, b.ts, v_settings.decay_epoch, v_settings.trending_half_life)) as popularity
           from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
           group by b.item_key) x
     where s.item_key = x.item_key;
     delete from recsql.item_stats where n_events <= 0;
 
-    delete from recsql.user_item_events where user_id = p_user_id;
+    delete from recsql.user_item_events where user_id = any (v_ids);
 
     perform set_config('recsql.forgetting', 'on', true);
-    delete from recsql.events where user_id = p_user_id;
+    delete from recsql.events where user_id = any (v_ids);
     get diagnostics v_n = row_count;
     perform set_config('recsql.forgetting', 'off', true);
+    delete from recsql.user_aliases where user_id = p_user_id or alias_id = p_user_id;
+    delete from recsql.recommendation_log where user_id = any (v_ids);
     -- No list may keep a trace of the user.
     perform recsql.refresh_neighbors();
     return v_n;
@@ -648,7 +653,8 @@ end
 $$;
 
 comment on function recsql.forget_user(text) is
-    'Deletes the user''s events and their contribution to all derived state, in the caller''s transaction';
+    'Deletes the user''s events (and those of anonymous ids linked to it), their contribution to all derived '
+    'state, the links and the lists served to them, in the caller''s transaction';
 
 -- Periodic upkeep: expires old pair formations (the storage bound) and re-bases popularity.
 create function recsql.maintain() returns table (expired_before timestamptz, pair_rows bigint)

@@ -20,6 +20,15 @@ $$;
 comment on function recsql._pair_scores("char", integer[], double precision[]) is
     'Similarity-weighted contributions of source items to the items on their neighbour lists';
 
+-- A user's own id followed by the anonymous ids linked to it: their events count as the user's.
+create function recsql._user_ids(p_user_id text) returns text[]
+language sql stable parallel safe as $$
+    select array[p_user_id] || coalesce(array(select a.alias_id from recsql.user_aliases a
+                                              where a.user_id = p_user_id order by a.alias_id), '{}')
+$$;
+
+comment on function recsql._user_ids(text) is 'The user id and the anonymous ids linked to it by recsql.identify()';
+
 -- The user's recent events, read straight from the log so a committed event counts at once.
 create function recsql._user_sources(p_user_id text)
 returns table (item_key integer, item_id text, weight double precision, converted boolean)
@@ -30,9 +39,16 @@ language sql stable parallel safe as $$
         select e.item_id, e.event_type, e.value,
                (row_number() over (order by e.xid desc, e.seq desc) - 1)::integer as rank
         from (
+            -- One ordered index scan per id (the user and any linked anonymous ids), then merged.
             select e.item_id, e.event_type, e.value, e.xid, e.seq
-            from recsql.events e
-            where e.user_id = p_user_id
+            from unnest(recsql._user_ids(p_user_id)) as ids(id)
+            cross join lateral (
+                select x.item_id, x.event_type, x.value, x.xid, x.seq
+                from recsql.events x
+                where x.user_id = ids.id
+                order by x.xid desc, x.seq desc
+                limit (select history_length from s)
+            ) e
             order by e.xid desc, e.seq desc
             limit (select history_length from s)
         ) e
@@ -69,7 +85,7 @@ language sql stable parallel safe as $$
     select x.item_key
     from recsql.user_item_events x
     join recsql.event_types t on t.name = x.event_type
-    where x.user_id = p_user_id and (p_seen or (p_purchased and t.is_conversion))
+    where x.user_id = any (recsql._user_ids(p_user_id)) and (p_seen or (p_purchased and t.is_conversion))
     union
     select s.item_key
     from recsql._user_sources(p_user_id) s
@@ -106,11 +122,12 @@ language sql stable parallel safe as $$
         -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
         select sc.item_key, sc.score
         from (select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key) sc
-        where (p_category is null and not p_in_stock_only)
+        where sc.item_key not in (select h.item_key from recsql.items h where h.hidden_at is not null)
+          and ((p_category is null and not p_in_stock_only)
            or exists (select 1 from recsql.items i
                       where i.item_key = sc.item_key
                         and (p_category is null or i.category = p_category)
-                        and (not p_in_stock_only or i.in_stock))
+                        and (not p_in_stock_only or i.in_stock)))
         order by sc.score desc, sc.item_key
         limit p_k
     ), fill as (
@@ -118,6 +135,7 @@ language sql stable parallel safe as $$
         from recsql.item_stats st
         join recsql.items i on i.item_key = st.item_key
         where st.popularity > 0
+          and i.hidden_at is null
           and (p_category is null or i.category = p_category)
           and (not p_in_stock_only or i.in_stock)
           and st.item_key <> all (p_excluded)
@@ -219,7 +237,7 @@ language sql stable parallel safe as $$
     join recsql.neighbor_lists l on l.kind = p_kind and l.item_key = src.item_key
     cross join lateral unnest(l.neighbors, l.scores, l.together) with ordinality as u(neighbor, score, together, pos)
     join recsql.items i on i.item_key = u.neighbor
-    where src.item_id = p_item_id
+    where src.item_id = p_item_id and i.hidden_at is null
     order by u.pos
     limit recsql._check_k(p_k)
 $$;
@@ -264,7 +282,8 @@ language sql stable as $$
     select i.item_id, recsql._trending_score(st.popularity)
     from recsql.item_stats st
     join recsql.items i on i.item_key = st.item_key
-    where st.popularity > 0 and (trending.category is null or i.category = trending.category)
+    where st.popularity > 0 and i.hidden_at is null
+      and (trending.category is null or i.category = trending.category)
     order by st.popularity desc, st.item_key
     limit recsql._check_k(trending.k)
 $$;

@@ -1,0 +1,211 @@
+"""What the HTTP layer serves: batches of events with a result per event, and recommendation lists
+carrying item details and an id under which each served list is logged for attribution."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from recsql import api
+from recsql.errors import BadInput, NotFound, RecsqlError, translate
+
+Conn = psycopg.Connection[Any]
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so the event id index appends instead of splitting pages."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    )
+    return str(uuid.UUID(int=value))
+
+
+@dataclass
+class Event:
+    """One validated event as the HTTP layer received it."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    ts: datetime | None = None
+    value: float | None = None
+    event_id: str | None = None
+    session_id: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    recommendation_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one event of a batch."""
+
+    status: str  # accepted | duplicate | rejected
+    event_id: str | None = None
+    error: RecsqlError | None = None
+
+
+_INSERT_MANY = (
+    "INSERT INTO recsql.events AS e (event_id, user_id, item_id, event_type, value, ts, session_id, properties,"
+    " recommendation_id)"
+    " SELECT event_id, user_id, item_id, event_type, value, coalesce(ts, now()), session_id, properties,"
+    " recommendation_id"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::timestamptz[], %s::text[],"
+    " %s::jsonb[], %s::uuid[])"
+    " AS x(event_id, user_id, item_id, event_type, value, ts, session_id, properties, recommendation_id)"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING e.event_id"
+)
+
+
+def _insert(conn: Conn, events: Sequence[Event]) -> set[str]:
+    cols: list[list[Any]] = [[] for _ in range(9)]
+    for ev in events:
+        for col, v in zip(
+            cols,
+            (
+                ev.event_id,
+                ev.user_id,
+                ev.item_id,
+                ev.event_type,
+                ev.value,
+                ev.ts,
+                ev.session_id,
+                Jsonb(ev.properties),
+                ev.recommendation_id,
+            ),
+            strict=True,
+        ):
+            col.append(v)
+    return {row["event_id"] for row in conn.execute(_INSERT_MANY, cols).fetchall()}
+
+
+def track_many(conn: Conn, events: Sequence[Event]) -> list[Outcome]:
+    """Store a batch in one statement; when the database rejects it, store each event on its own.
+
+    Each event is all-or-nothing and a bad one is reported without holding back the others. The
+    database's checks decide what is bad, so the rules live in one place. Must run outside a
+    transaction (the connection is in autocommit mode).
+    """
+    for ev in events:
+        ev.event_id = ev.event_id or new_event_id()
+    try:
+        with conn.transaction():
+            stored = _insert(conn, events)
+        return _outcomes(events, stored)
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError):
+            raise translate(exc) from exc
+    outcomes: list[Outcome] = []
+    seen: set[str] = set()
+    for ev in events:
+        assert ev.event_id is not None
+        try:
+            with conn.transaction():
+                stored = _insert(conn, [ev])
+        except psycopg.Error as exc:
+            error = translate(exc)
+            if isinstance(error, BadInput):
+                outcomes.append(Outcome("rejected", ev.event_id, error))
+                continue
+            raise error from exc
+        fresh = ev.event_id in stored and ev.event_id not in seen
+        seen.add(ev.event_id)
+        outcomes.append(Outcome("accepted" if fresh else "duplicate", ev.event_id))
+    return outcomes
+
+
+def _outcomes(events: Sequence[Event], stored: set[str]) -> list[Outcome]:
+    outcomes = []
+    for ev in events:
+        assert ev.event_id is not None
+        if ev.event_id in stored:
+            stored.discard(ev.event_id)  # a second copy in the same batch is a duplicate
+            outcomes.append(Outcome("accepted", ev.event_id))
+        else:
+            outcomes.append(Outcome("duplicate", ev.event_id))
+    return outcomes
+
+
+@dataclass
+class ServedList:
+    """A recommendation list as served: its log id and the items with their catalog details."""
+
+    recommendation_id: str
+    items: list[dict[str, Any]]
+
+
+_SURFACES: dict[str, LiteralString] = {
+    "user": "SELECT item_id, score, reason, NULL::integer AS together FROM recsql.recommend("
+    "%(user_id)s, %(k)s, %(category)s, %(in_stock_only)s)",
+    "similar": "SELECT item_id, score, NULL::text AS reason, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
+    "bought_together": "SELECT item_id, score, NULL::text AS reason, together"
+    " FROM recsql.bought_together(%(item_id)s, %(k)s)",
+    "trending": "SELECT item_id, score, 'trending' AS reason, NULL::integer AS together"
+    " FROM recsql.trending(%(k)s, %(category)s)",
+    "session": "SELECT item_id, score, reason, NULL::integer AS together"
+    " FROM recsql.session_recommend(%(item_ids)s, %(k)s, %(category)s, %(in_stock_only)s)",
+}
+
+
+def serve(
+    conn: Conn,
+    surface: str,
+    *,
+    k: int = 10,
+    user_id: str | None = None,
+    item_id: str | None = None,
+    item_ids: Sequence[str] = (),
+    category: str | None = None,
+    in_stock_only: bool = False,
+    log: bool = True,
+) -> ServedList:
+    """Compute one list, join catalog details and log it in recsql.recommendation_log.
+
+    NotFound for an unknown anchor item of ``similar`` / ``bought_together``.
+    """
+    inner = _SURFACES[surface]
+    query = sql.SQL(
+        "SELECT r.item_id, r.score, r.reason, r.together, i.title, i.category, i.price, i.in_stock"
+        " FROM ({}) r LEFT JOIN recsql.items i ON i.item_id = r.item_id"
+    ).format(sql.SQL(inner))  # inner is one of the fixed texts above
+    params = {
+        "user_id": user_id,
+        "item_id": item_id,
+        "item_ids": list(item_ids),
+        "k": k,
+        "category": category,
+        "in_stock_only": in_stock_only,
+    }
+    rec_id = new_event_id()
+    try:
+        with conn.transaction():
+            rows = list(conn.execute(query, params).fetchall())
+            if not rows and item_id is not None and not api.item_exists(conn, item_id):
+                raise NotFound(f"no item {item_id!r} in the catalog", code="item_not_found")
+            if log:
+                conn.execute(
+                    "INSERT INTO recsql.recommendation_log"
+                    " (recommendation_id, surface, user_id, anchor_item_ids, item_ids, scores)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (
+                        rec_id,
+                        surface,
+                        user_id,
+                        [item_id] if item_id is not None else list(item_ids),
+                        [r["item_id"] for r in rows],
+                        [r["score"] for r in rows],
+                    ),
+                )
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    return ServedList(rec_id, rows)

@@ -1,0 +1,287 @@
+"""The operation registry: each view is declared once with its scope, parameters and bodies; the
+declaration validates requests and produces /openapi.json."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Flask, g
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError, best_match
+
+from web import auth, schemas
+from web.errors import ApiError
+
+VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter; ``kind`` is integer, boolean or string."""
+
+    name: str
+    kind: str
+    description: str
+    default: Any = None
+    minimum: int | None = None
+    maximum: int | None = None
+    max_length: int = 256
+
+    def schema(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"type": self.kind}
+        if self.minimum is not None:
+            s["minimum"] = self.minimum
+        if self.maximum is not None:
+            s["maximum"] = self.maximum
+        if self.kind == "string":
+            s["maxLength"] = self.max_length
+        if self.default is not None:
+            s["default"] = self.default
+        return s
+
+    def parse(self, raw: str | None) -> Any:
+        if raw is None or raw == "":
+            return self.default
+        if self.kind == "integer":
+            if not re.fullmatch(r"-?\d{1,9}", raw):
+                raise ApiError(
+                    400, "invalid_parameter", f"{self.name} must be an integer, got {raw[:40]!r}", self.name
+                )
+            value = int(raw)
+            if (self.minimum is not None and value < self.minimum) or (
+                self.maximum is not None and value > self.maximum
+            ):
+                raise ApiError(
+                    400,
+                    "invalid_parameter",
+                    f"{self.name} must be between {self.minimum} and {self.maximum}, got {value}",
+                    self.name,
+                )
+            return value
+        if self.kind == "boolean":
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ApiError(
+                400, "invalid_parameter", f"{self.name} must be true or false, got {raw[:40]!r}", self.name
+            )
+        if len(raw) > self.max_length or re.search(r"[\x00-\x1f\x7f]", raw):
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                f"{self.name} must be at most {self.max_length} characters without control characters",
+                self.name,
+            )
+        return raw
+
+
+K = Param("k", "integer", "How many items", default=10, minimum=1, maximum=1000)
+CATEGORY = Param("category", "string", "Only items of this category")
+IN_STOCK = Param("in_stock", "boolean", "Only items in stock", default=False)
+
+
+@dataclass
+class Operation:
+    method: str
+    rule: str
+    summary: str
+    scope: str | None  # None: public
+    tag: str
+    params: tuple[Param, ...] = ()
+    body: dict[str, Any] | None = None
+    body_types: tuple[str, ...] = ("application/json",)
+    response: dict[str, Any] | None = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    validator: Draft202012Validator | None = field(default=None, repr=False)
+
+
+REGISTRY: list[Operation] = []
+_FORMATS = FormatChecker()
+
+
+def operation(
+    bp: Blueprint,
+    method: str,
+    rule: str,
+    *,
+    summary: str,
+    scope: str | None,
+    params: tuple[Param, ...] = (),
+    body: dict[str, Any] | None = None,
+    body_types: tuple[str, ...] = ("application/json",),
+    response: dict[str, Any] | None = None,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+    description: str = "",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a view with its contract; the view receives parsed query parameters as keywords."""
+    op = Operation(
+        method,
+        rule,
+        summary,
+        scope,
+        bp.name,
+        params,
+        body,
+        body_types,
+        response,
+        status,
+        errors,
+        description,
+        Draft202012Validator(body, format_checker=_FORMATS) if body is not None else None,
+    )
+    REGISTRY.append(op)
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(**path_args: Any) -> Any:
+            from flask import request
+
+            g.operation = op
+            auth.authorize(op.scope)
+            query = {p.name: p.parse(request.args.get(p.name)) for p in op.params}
+            return view(**path_args, **query)
+
+        bp.add_url_rule(rule, view_func=wrapper, methods=[method])
+        return wrapper
+
+    return decorate
+
+
+def validate(op: Operation, document: Any, *, where: str = "") -> None:
+    """Raise a 422 naming the first offending field when ``document`` breaks the operation's body schema."""
+    assert op.validator is not None
+    error = best_match(op.validator.iter_errors(document))
+    if error is not None:
+        raise schema_error(error, where)
+
+
+def check(schema_validator: Draft202012Validator, document: Any, where: str) -> ApiError | None:
+    """The ApiError for the first violation of ``schema_validator``, or None when ``document`` is valid."""
+    error = best_match(schema_validator.iter_errors(document))
+    return schema_error(error, where) if error is not None else None
+
+
+def schema_error(error: ValidationError, where: str = "") -> ApiError:
+    joined = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    path = joined.lstrip(".") or None
+    if error.validator == "anyOf" and "productId" in str(error.schema):
+        return ApiError(
+            422,
+            "missing_field",
+            "productId (or itemId) is required",
+            (path + ".productId") if path else "productId",
+        )
+    if error.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        name = missing[0] if missing else "a field"
+        return ApiError(422, "missing_field", f"{name} is required", f"{path}.{name}" if path else name)
+    if error.validator == "additionalProperties":
+        return ApiError(422, "unknown_field", f"{error.message}; see /openapi.json for the fields", path)
+    if error.validator in ("maxItems",) and error.absolute_path == error.relative_path and not path:
+        return ApiError(413, "batch_too_large", f"at most {schemas.MAX_BATCH} entries per request", path)
+    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    return ApiError(422, "invalid_field", f"{path or 'body'}: {message}", path)
+
+
+def openapi(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every registered operation."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in REGISTRY:
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", op.rule)
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": f"{op.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
+            "tags": [op.tag],
+        }
+        if op.description:
+            entry["description"] = op.description
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": schemas.ID}
+            for name in re.findall(r"\{([^}]+)\}", path)
+        ]
+        parameters += [
+            {
+                "name": p.name,
+                "in": "query",
+                "required": False,
+                "description": p.description,
+                "schema": p.schema(),
+            }
+            for p in op.params
+        ]
+        if parameters:
+            entry["parameters"] = parameters
+        if op.body is not None:
+            content: dict[str, Any] = {}
+            for ctype in op.body_types:
+                if ctype == "application/json":
+                    content[ctype] = {"schema": op.body}
+                elif ctype == "application/x-ndjson":
+                    content[ctype] = {"schema": {"type": "string", "description": "One JSON event per line"}}
+                else:
+                    content[ctype] = {
+                        "schema": {"type": "string", "description": "JSON text (for sendBeacon)"}
+                    }
+            entry["requestBody"] = {"required": True, "content": content}
+        responses: dict[str, Any] = {
+            str(op.status): {
+                "description": "OK",
+                "content": {"application/json": {"schema": op.response or schemas.STATUS}},
+            }
+        }
+        codes = set(op.errors) | {429, 500, 503}
+        if op.scope is not None:
+            codes |= {401, 403}
+        if op.params or "{" in path:
+            codes |= {400}
+        if op.body is not None:
+            codes |= {400, 413, 415, 422}
+        for code in sorted(codes):
+            responses[str(code)] = {
+                "description": _REASONS.get(code, "Error"),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        entry["responses"] = responses
+        if op.scope is not None:
+            entry["security"] = [{"bearer": []}]
+            entry["x-recsql-scope"] = op.scope
+        paths.setdefault(path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "recsql",
+            "version": VERSION,
+            "description": "Real-time recommendations maintained inside PostgreSQL. Errors are "
+            "{error: {code, message, field}}. Keys have scopes track < read < admin.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": schemas.ERROR},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: rs_<scope>_..."}
+            },
+        },
+    }
+
+
+_REASONS = {
+    400: "Malformed request (invalid JSON, bad parameter)",
+    401: "Missing or unknown API key",
+    403: "Key lacks the scope, or the origin is not allowed",
+    404: "Unknown item or route",
+    405: "Method not allowed",
+    413: "Body or batch too large",
+    415: "Unsupported content type",
+    422: "Well-formed but invalid input",
+    429: "Rate limit exceeded (see Retry-After)",
+    500: "Unexpected server error",
+    503: "Database unavailable",
+}
