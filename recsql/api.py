@@ -132,6 +132,11 @@ def identify(conn: Conn, anonymous_id: str, user_id: str) -> str:
     return str(rows[0]["user_id"])
 
 
+def event_types(conn: Conn) -> list[str]:
+    """Names of the known event types."""
+    return [r["name"] for r in _rows(conn, "SELECT name FROM recsql.event_types ORDER BY name", {})]
+
+
 def item_exists(conn: Conn, item_id: str) -> bool:
     """Whether the catalog knows ``item_id``."""
     rows = _rows(conn, "SELECT 1 AS one FROM recsql.items WHERE item_id = %(item_id)s", {"item_id": item_id})

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from recsql.errors import BadInput, NotFound, translate
+from recsql.errors import NotFound, translate
 
 Conn = psycopg.Connection[Any]
 
@@ -62,16 +62,12 @@ def list_items(
 
 
 def put_items(conn: Conn, items: Sequence[Item]) -> list[bool]:
-    """Create or replace items (and show them again if hidden) in one statement; True where created."""
-    seen: set[str] = set()
-    for n, it in enumerate(items):
-        if it.item_id in seen:
-            raise BadInput(
-                f"item {it.item_id!r} appears twice (at index {n}); send each item once",
-                code="duplicate_item",
-                field=f"[{n}].itemId",
-            )
-        seen.add(it.item_id)
+    """Create or replace items (and show them again if hidden) in one statement; True where created.
+
+    An id sent twice is written once, with its last version (as two PUTs in a row would).
+    """
+    last = {it.item_id: it for it in items}
+    unique = list(last.values())
     try:
         rows = conn.execute(
             "INSERT INTO recsql.items AS i (item_id, title, category, price, in_stock, properties)"
@@ -83,18 +79,18 @@ def put_items(conn: Conn, items: Sequence[Item]) -> list[bool]:
             " hidden_at = NULL"
             " RETURNING i.item_id, (xmax = 0) AS created",
             (
-                [it.item_id for it in items],
-                [it.title for it in items],
-                [it.category for it in items],
-                [it.price for it in items],
-                [it.in_stock for it in items],
-                [Jsonb(it.properties) for it in items],
+                [it.item_id for it in unique],
+                [it.title for it in unique],
+                [it.category for it in unique],
+                [it.price for it in unique],
+                [it.in_stock for it in unique],
+                [Jsonb(it.properties) for it in unique],
             ),
         ).fetchall()
     except psycopg.Error as exc:
         raise translate(exc) from exc
     created = {r["item_id"]: r["created"] for r in rows}
-    return [bool(created.get(it.item_id)) for it in items]
+    return [bool(created[it.item_id]) for it in unique]
 
 
 def hide_item(conn: Conn, item_id: str) -> None:

@@ -419,8 +419,19 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--users", default=300, show_default=True, help="Shoppers to simulate.")
 @click.option("--items", default=400, show_default=True, help="Catalog size.")
 @click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same shop).")
-def demo(users: int, items: int, seed: int) -> None:
-    """Create a sample shop in the database and show recommendations for it."""
+@click.option("--serve/--no-serve", default=True, show_default=True, help="Then serve the demo shop page.")
+@click.option("--port", default=8000, show_default=True, help="Port of the demo shop (on 127.0.0.1).")
+def demo(users: int, items: int, seed: int, serve: bool, port: int) -> None:
+    """Create a sample shop, show recommendations for it, then serve a live demo shop page."""
     from recsql import demo as demo_module
 
     demo_module.run(users=users, items=items, seed=seed)
+    if serve:
+        from web import server
+
+        click.echo(
+            f"\nDemo shop: http://127.0.0.1:{port}/demo/  (browse it: recommendations update as you click)\n"
+            "It runs OPEN, without API keys, and listens on 127.0.0.1 only. Ctrl-C stops it.",
+            err=True,
+        )
+        server.run_demo(port)

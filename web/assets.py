@@ -7,6 +7,9 @@ from pathlib import Path
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, send_from_directory
 from flask.typing import ResponseReturnValue
 
+from recsql import api
+from recsql.errors import RecsqlError
+from web import pool
 from web.spec import openapi
 
 bp = Blueprint("assets", __name__)
@@ -16,7 +19,11 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
-    return jsonify(openapi(current_app))
+    try:
+        types: list[str] | None = api.event_types(pool.conn())
+    except RecsqlError:
+        types = None  # still describe the API when the database is down
+    return jsonify(openapi(current_app, types))
 
 
 @bp.get("/recsql.js")

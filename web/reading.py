@@ -125,7 +125,7 @@ def session() -> Response:
             pool.conn(),
             "session",
             item_ids=doc["itemIds"],
-            k=doc.get("k", 10),
+            k=int(doc.get("k", 10)),  # JSON Schema counts 5.0 as an integer
             category=doc.get("category"),
             in_stock_only=doc.get("inStock", False),
         )

@@ -20,7 +20,9 @@ ID: Schema = {
     "maxLength": 256,
     "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
 }
-OPTIONAL_TEXT: Schema = {"type": ["string", "null"], "maxLength": 1000}
+# PostgreSQL text and jsonb cannot hold U+0000.
+NO_NUL = "^[^\\u0000]*$"
+OPTIONAL_TEXT: Schema = {"type": ["string", "null"], "maxLength": 1000, "pattern": NO_NUL}
 EVENT_TYPE: Schema = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$", "examples": ["view", "purchase"]}
 TIMESTAMP: Schema = {
     "description": "When it happened: ISO 8601 (UTC if no offset) or milliseconds since the Unix epoch",
@@ -30,7 +32,32 @@ TIMESTAMP: Schema = {
     ],
 }
 UUID: Schema = {"type": "string", "format": "uuid"}
-PROPERTIES: Schema = {"type": "object", "maxProperties": 100}
+PROPERTIES_DEPTH = 4
+
+
+def _json_value(depth: int) -> Schema:
+    """Any JSON value nested at most ``depth`` deep, with no U+0000 in any string or key."""
+    scalars: list[Schema] = [{"type": ["number", "boolean", "null"]}, {"type": "string", "pattern": NO_NUL}]
+    if depth == 0:
+        return {"anyOf": scalars}
+    inner = _json_value(depth - 1)
+    return {
+        "anyOf": [
+            *scalars,
+            {"type": "array", "items": inner},
+            {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": inner},
+        ]
+    }
+
+
+# Free-form attributes: any JSON object up to PROPERTIES_DEPTH levels (spelled out, no $ref, so the
+# same schema works standalone and inside /openapi.json).
+PROPERTIES: Schema = {
+    "type": "object",
+    "maxProperties": 100,
+    "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": _json_value(PROPERTIES_DEPTH - 1),
+}
 NUMBER: Schema = {"type": "number", "minimum": -1e12, "maximum": 1e12}
 
 EVENT: Schema = {
@@ -45,7 +72,7 @@ EVENT: Schema = {
         "eventId": {**ID, "description": "Idempotency key: the same id sent twice counts once"},
         "timestamp": TIMESTAMP,
         "value": NUMBER,
-        "sessionId": {"type": "string", "maxLength": 256},
+        "sessionId": {"type": "string", "maxLength": 256, "pattern": NO_NUL},
         "recommendationId": {**UUID, "description": "The served list this event responds to (attribution)"},
         "properties": PROPERTIES,
         "key": {"type": "string", "maxLength": 200, "description": "Publishable key (for sendBeacon)"},
@@ -75,13 +102,10 @@ IDENTIFY: Schema = {
     "type": "object",
     "properties": {
         "userId": ID,
-        "anonymousId": {
-            **ID,
-            "description": "Default: the X-Anonymous-Id header, else the recsql_aid cookie",
-        },
+        "anonymousId": {**ID, "description": "The visitor's anonymous id (X-Anonymous-Id, recsql_aid cookie)"},
         "key": {"type": "string", "maxLength": 200},
     },
-    "required": ["userId"],
+    "required": ["userId", "anonymousId"],
     "additionalProperties": False,
 }
 
@@ -90,7 +114,7 @@ SESSION_QUERY: Schema = {
     "properties": {
         "itemIds": {"type": "array", "items": ID, "minItems": 0, "maxItems": 200},
         "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "category": {"type": "string", "maxLength": 256},
+        "category": {"type": "string", "maxLength": 256, "pattern": NO_NUL},
         "inStock": {"type": "boolean"},
     },
     "required": ["itemIds"],
@@ -99,7 +123,7 @@ SESSION_QUERY: Schema = {
 
 ITEM_FIELDS: dict[str, Schema] = {
     "title": OPTIONAL_TEXT,
-    "category": {"type": ["string", "null"], "maxLength": 256},
+    "category": {"type": ["string", "null"], "maxLength": 256, "pattern": NO_NUL},
     "price": {"type": ["number", "null"], "minimum": 0, "maximum": 999999999999},
     "inStock": {"type": "boolean"},
     "properties": PROPERTIES,

@@ -80,3 +80,13 @@ def run_development(host: str, port: int) -> None:
     from web import create_app
 
     create_app().run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+def run_demo(port: int) -> None:
+    """The demo shop: open access (no keys), so it binds to loopback only, with an in-process folder."""
+    from web import create_app
+
+    app = create_app(
+        {"OPEN_ACCESS": True, "DEMO": True, "RUN_WORKER": True, "DATABASE_URL": db.database_url()}
+    )
+    app.run(host="127.0.0.1", port=port, threaded=True, use_reloader=False)

@@ -39,6 +39,7 @@ class Param:
             s["maximum"] = self.maximum
         if self.kind == "string":
             s["maxLength"] = self.max_length
+            s["pattern"] = "^[^\\u0000-\\u001f\\u007f]*$"
         if self.default is not None:
             s["default"] = self.default
         return s
@@ -94,7 +95,6 @@ class Operation:
     tag: str
     params: tuple[Param, ...] = ()
     body: dict[str, Any] | None = None
-    body_types: tuple[str, ...] = ("application/json",)
     response: dict[str, Any] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()
@@ -115,7 +115,6 @@ def operation(
     scope: str | None,
     params: tuple[Param, ...] = (),
     body: dict[str, Any] | None = None,
-    body_types: tuple[str, ...] = ("application/json",),
     response: dict[str, Any] | None = None,
     status: int = 200,
     errors: tuple[int, ...] = (),
@@ -130,7 +129,6 @@ def operation(
         bp.name,
         params,
         body,
-        body_types,
         response,
         status,
         errors,
@@ -146,6 +144,20 @@ def operation(
 
             g.operation = op
             auth.authorize(op.scope)
+            for name, value in path_args.items():
+                _check_path(name, value)
+            if op.scope == "track" and len(request.args.get("key", "")) > 200:
+                raise ApiError(400, "invalid_parameter", "key must be at most 200 characters", "key")
+            unknown = (
+                set(request.args) - {p.name for p in op.params} - ({"key"} if op.scope == "track" else set())
+            )
+            if unknown:
+                raise ApiError(
+                    400,
+                    "unknown_parameter",
+                    f"unknown query parameter {sorted(unknown)[0][:40]!r}; this endpoint takes "
+                    f"{', '.join(p.name for p in op.params) or 'none'}",
+                )
             query = {p.name: p.parse(request.args.get(p.name)) for p in op.params}
             return view(**path_args, **query)
 
@@ -153,6 +165,16 @@ def operation(
         return wrapper
 
     return decorate
+
+
+_ID = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,256}$")
+
+
+def _check_path(name: str, value: str) -> None:
+    if not _ID.match(value):
+        raise ApiError(
+            400, "invalid_parameter", f"{name} must be 1-256 characters without control characters", name
+        )
 
 
 def validate(op: Operation, document: Any, *, where: str = "") -> None:
@@ -185,14 +207,18 @@ def schema_error(error: ValidationError, where: str = "") -> ApiError:
         return ApiError(422, "missing_field", f"{name} is required", f"{path}.{name}" if path else name)
     if error.validator == "additionalProperties":
         return ApiError(422, "unknown_field", f"{error.message}; see /openapi.json for the fields", path)
-    if error.validator in ("maxItems",) and error.absolute_path == error.relative_path and not path:
-        return ApiError(413, "batch_too_large", f"at most {schemas.MAX_BATCH} entries per request", path)
+    if error.validator == "maxItems" and not path:
+        return ApiError(422, "batch_too_large", f"at most {schemas.MAX_BATCH} entries per request", path)
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
     return ApiError(422, "invalid_field", f"{path or 'body'}: {message}", path)
 
 
-def openapi(app: Flask) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every registered operation."""
+def openapi(app: Flask, event_types: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every registered operation.
+
+    Event types are data (a shop adds its own), so the document lists the ones the database knows
+    at the time it is asked for; without them, any well-formed name is described.
+    """
     paths: dict[str, dict[str, Any]] = {}
     for op in REGISTRY:
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", op.rule)
@@ -217,20 +243,29 @@ def openapi(app: Flask) -> dict[str, Any]:
             }
             for p in op.params
         ]
+        if op.scope == "track":
+            parameters.append(
+                {
+                    "name": "key",
+                    "in": "query",
+                    "required": False,
+                    "description": "Publishable (track) key, for navigator.sendBeacon, which cannot set headers",
+                    "schema": {"type": "string", "maxLength": 200},
+                }
+            )
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:
-            content: dict[str, Any] = {}
-            for ctype in op.body_types:
-                if ctype == "application/json":
-                    content[ctype] = {"schema": op.body}
-                elif ctype == "application/x-ndjson":
-                    content[ctype] = {"schema": {"type": "string", "description": "One JSON event per line"}}
-                else:
-                    content[ctype] = {
-                        "schema": {"type": "string", "description": "JSON text (for sendBeacon)"}
-                    }
-            entry["requestBody"] = {"required": True, "content": content}
+            # Only JSON is described: the text/plain (sendBeacon) and NDJSON forms that tracking
+            # endpoints also take carry the same documents, as their descriptions say.
+            body_schema = op.body
+            if event_types and op.body is schemas.EVENT:
+                props = {**op.body["properties"], "eventType": {"type": "string", "enum": event_types}}
+                body_schema = {**op.body, "properties": props}
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema}},
+            }
         responses: dict[str, Any] = {
             str(op.status): {
                 "description": "OK",
@@ -278,7 +313,7 @@ _REASONS = {
     403: "Key lacks the scope, or the origin is not allowed",
     404: "Unknown item or route",
     405: "Method not allowed",
-    413: "Body or batch too large",
+    413: "Body larger than 2 MiB",
     415: "Unsupported content type",
     422: "Well-formed but invalid input",
     429: "Rate limit exceeded (see Retry-After)",

@@ -55,7 +55,7 @@ def _remember(resp: Response, anonymous_id: str | None, set_cookie: bool) -> Res
 def _timestamp(raw: Any, where: str) -> datetime | None:
     if raw is None:
         return None
-    if isinstance(raw, int):
+    if isinstance(raw, int | float):  # JSON Schema counts 5.0 as an integer
         return datetime.fromtimestamp(raw / 1000, tz=UTC)
     try:
         ts = datetime.fromisoformat(raw)
@@ -91,9 +91,9 @@ def _event(doc: dict[str, Any], user_id: str, where: str = "") -> serving.Event:
     summary="Track one event from a shop page",
     scope="track",
     body=schemas.EVENT,
-    body_types=_TYPES,
     response=schemas.TRACKED,
-    description="The user is userId, else anonymousId, else the X-Anonymous-Id header, else the recsql_aid "
+    description="Also takes the same JSON sent as text/plain (navigator.sendBeacon). "
+    "The user is userId, else anonymousId, else the X-Anonymous-Id header, else the recsql_aid "
     "cookie, else a new anonymous id (returned in X-Anonymous-Id and set as the cookie).",
 )
 def track_event() -> Response:
@@ -128,9 +128,9 @@ def track_event() -> Response:
     summary="Track a batch of events",
     scope="track",
     body=schemas.EVENT_BATCH,
-    body_types=(body.JSON, body.NDJSON, body.BEACON),
     response=schemas.BATCH_RESULT,
-    description=f"Up to {schemas.MAX_BATCH} events. Each event is stored whole or not at all, on its own: a bad "
+    description=f"Up to {schemas.MAX_BATCH} events, as a JSON array, as {{events, key}}, as NDJSON "
+    "(application/x-ndjson, one event per line) or as JSON in text/plain (sendBeacon). Each event is stored whole or not at all, on its own: a bad "
     "event is reported in results (status rejected, with its error) and the others are stored. "
     "A repeated eventId is reported as duplicate and counted once.",
 )
@@ -138,7 +138,7 @@ def track_batch() -> Response:
     doc = body.document((body.JSON, body.NDJSON, body.BEACON))
     if isinstance(doc, list) and len(doc) > schemas.MAX_BATCH:
         raise ApiError(
-            413, "batch_too_large", f"at most {schemas.MAX_BATCH} events per request, got {len(doc)}"
+            422, "batch_too_large", f"at most {schemas.MAX_BATCH} events per request, got {len(doc)}"
         )
     validate(g.operation, doc)
     docs: list[Any] = doc if isinstance(doc, list) else doc["events"]
@@ -150,11 +150,11 @@ def track_batch() -> Response:
         problem = check(_EVENT, ev_doc, f"[{i}]")
         if problem is None:
             try:
-                user_id = ev_doc.get("userId") or ev_doc.get("anonymousId")
+                user_id = ev_doc.get("userId")
                 if not user_id:
                     if anonymous is None:
-                        anonymous, set_cookie = _anonymous_id()
-                    user_id = anonymous
+                        anonymous, set_cookie = _anonymous_id(ev_doc.get("anonymousId"))
+                    user_id = ev_doc.get("anonymousId") or anonymous
                 valid.append((i, _event(ev_doc, user_id, f"[{i}]")))
                 continue
             except ApiError as err:
@@ -197,23 +197,13 @@ def _event_id(doc: Any) -> str | None:
     summary="Link an anonymous id to a signed-in user",
     scope="track",
     body=schemas.IDENTIFY,
-    body_types=_TYPES,
     response=schemas.IDENTIFIED,
-    description="From now on the anonymous id's events count for the user's recommendations "
+    description="Typically sent by the tracker when a visitor signs in. From now on the anonymous id's events count for the user's recommendations "
     "(and recsql.forget_user of the user forgets them too).",
 )
 def identify() -> Response:
     doc = body.document(_TYPES)
     validate(g.operation, doc)
-    anonymous = doc.get("anonymousId")
-    if anonymous is None:
-        if request.headers.get(HEADER) is None and not request.cookies.get(COOKIE):
-            raise ApiError(
-                422,
-                "missing_field",
-                f"anonymousId is required (or the {HEADER} header, or the {COOKIE} cookie)",
-                "anonymousId",
-            )
-        anonymous, _ = _anonymous_id()
+    anonymous = doc["anonymousId"]
     user_id = api.identify(pool.conn(), anonymous, doc["userId"])
     return jsonify(userId=user_id, anonymousId=anonymous)
