@@ -102,7 +102,10 @@ IDENTIFY: Schema = {
     "type": "object",
     "properties": {
         "userId": ID,
-        "anonymousId": {**ID, "description": "The visitor's anonymous id (X-Anonymous-Id, recsql_aid cookie)"},
+        "anonymousId": {
+            **ID,
+            "description": "The visitor's anonymous id (X-Anonymous-Id, recsql_aid cookie)",
+        },
         "key": {"type": "string", "maxLength": 200},
     },
     "required": ["userId", "anonymousId"],

@@ -21,7 +21,16 @@ schemathesis = pytest.importorskip("schemathesis")
 # Built at import so schemathesis can generate from the document; the fixture attaches the database.
 # The document is what /openapi.json serves for a fresh schema (test_openapi checks that).
 APP = create_app({"DATABASE_URL": None, "TESTING": True, "RATE_LIMIT": 1e9})
-SEEDED_TYPES = ["add_to_cart", "click", "purchase", "rating", "remove_from_cart", "review", "view", "wishlist"]
+SEEDED_TYPES = [
+    "add_to_cart",
+    "click",
+    "purchase",
+    "rating",
+    "remove_from_cart",
+    "review",
+    "view",
+    "wishlist",
+]
 schema = schemathesis.openapi.from_dict(openapi(APP, SEEDED_TYPES))
 schema.app = APP
 
