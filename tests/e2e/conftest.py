@@ -7,6 +7,7 @@ no browser is ever downloaded). Without either, every test here is skipped and s
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,23 @@ CHROMIUM = Path("/usr/bin/chromium")
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
 
 
+# CI sets RECSQL_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
+REQUIRED = os.environ.get("RECSQL_REQUIRE_BROWSER") == "1"
+
+
+def _missing(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{reason}; RECSQL_REQUIRE_BROWSER=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     """One headless Chromium for the whole run."""
     if not HAVE_PLAYWRIGHT:
-        pytest.skip("browser tests need the playwright package (pip install playwright)")
+        _missing("browser tests need the playwright package (pip install playwright)")
     if not CHROMIUM.exists():
-        pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+        _missing(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

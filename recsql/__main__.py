@@ -1,0 +1,5 @@
+"""`python -m recsql` runs the CLI."""
+
+from recsql.cli import main
+
+main()
