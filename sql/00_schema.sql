@@ -37,7 +37,13 @@ create table recsql.settings (
         constraint settings_trending_half_life_check check (trending_half_life >= interval '1 minute'),
     max_future interval not null default '1 day'
         constraint settings_max_future_check check (max_future >= interval '0'),
-    decay_epoch timestamptz
+    decay_epoch timestamptz,
+    embedding_weight double precision not null default 0.2
+        constraint settings_embedding_weight_check check (embedding_weight between 0 and 1),
+    behavior_refresh_ratio double precision not null default 1.5
+        constraint settings_behavior_refresh_ratio_check check (behavior_refresh_ratio > 1),
+    behavior_refit_interval interval not null default '1 day'
+        constraint settings_behavior_refit_interval_check check (behavior_refit_interval >= interval '1 minute')
 );
 
 insert into recsql.settings default values;
@@ -53,6 +59,12 @@ comment on column recsql.settings.min_support is
     'Pairs seen fewer times than this are ignored by the query functions';
 comment on column recsql.settings.neighbors_per_item is
     'Length of each item''s precomputed neighbour list (recsql.neighbor_lists) used by the query functions';
+comment on column recsql.settings.embedding_weight is
+    'Share of embedding similarity in hybrid scores (0: co-occurrence only, 1: embeddings only)';
+comment on column recsql.settings.behavior_refresh_ratio is
+    'An item''s behaviour vector is refreshed once its events grew by this factor since it was computed';
+comment on column recsql.settings.behavior_refit_interval is
+    'The behaviour space is refitted from scratch when its last fit is older than this';
 comment on column recsql.settings.decay_epoch is
     'Internal: reference time of item_stats.popularity; set by the first fold, moved by maintain()';
 

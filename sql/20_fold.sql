@@ -355,6 +355,11 @@ begin
         folded_events = folded_events + v_n,
         last_fold_at = now()
     where v_n > 0 or last_fold_at is null or last_fold_at < now() - interval '5 seconds';
+    if v_n > 0 then
+        -- Wakes the embedding worker. Sent here, once per fold, rather than by the events trigger:
+        -- NOTIFY serialises committing transactions, which every writer would then pay for.
+        perform pg_notify('recsql_folded', v_n::text);
+    end if;
     return v_n;
 end
 $$;

@@ -110,18 +110,41 @@ $$;
 comment on function recsql._check_k(integer) is 'Returns k, or rejects a missing, zero, negative or huge k';
 
 -- Ranks items for a list of weighted sources, fills up with trending items, never repeats an item.
+-- With embeddings (settings.embedding_weight > 0 and vectors for the sources), the score blends the
+-- co-occurrence score, scaled to the best one, with the embedding similarity to the sources' taste,
+-- whose nearest neighbours also join the candidates; without, it is the co-occurrence score.
 create function recsql._rank(p_sources integer[], p_weights double precision[], p_excluded integer[], p_k integer,
                              p_category text, p_in_stock_only boolean)
 returns table (item_id text, score double precision, reason text)
-language sql stable parallel safe as $$
-    with contributions as materialized (
+language sql stable as $$
+    with s as (
+        select embedding_weight as w, greatest(4 * p_k, 50) as pool from recsql.settings
+    ), contributions as materialized (
         select ps.item_key, ps.source_key, ps.contribution
         from recsql._pair_scores('v', p_sources, p_weights) ps
         where ps.item_key <> all (p_excluded)
+    ), cooc as materialized (
+        select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key
+    ), emb as materialized (
+        select x.item_key, x.similarity
+        from s
+        cross join lateral recsql._embedding_scores(
+            p_sources, p_weights, s.pool,
+            array(select c.item_key from cooc c order by c.score desc, c.item_key limit (select pool from s))) x
+        where s.w > 0 and x.item_key <> all (p_excluded)
+    ), scored as (
+        select coalesce(c.item_key, e.item_key) as item_key,
+               case when not exists (select 1 from emb) then c.score
+                    else (1 - s.w) * coalesce(c.score / nullif((select max(score) from cooc), 0), 0)
+                         + s.w * coalesce(e.similarity, 0) end as score,
+               c.item_key is null as by_embedding
+        from cooc c
+        full join emb e on e.item_key = c.item_key
+        cross join s
     ), personal as (
         -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
-        select sc.item_key, sc.score
-        from (select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key) sc
+        select sc.item_key, sc.score, sc.by_embedding
+        from scored sc
         where sc.item_key not in (select h.item_key from recsql.items h where h.hidden_at is not null)
           and ((p_category is null and not p_in_stock_only)
            or exists (select 1 from recsql.items i
@@ -145,16 +168,18 @@ language sql stable parallel safe as $$
     )
     select r.item_id, r.score, r.reason
     from (
-        select i.item_id, p.score, 'similar to ' || src.item_id as reason, 0 as grp, p.score as ord, p.item_key
+        select i.item_id, p.score,
+               coalesce('similar to ' || src.item_id, 'matches your taste') as reason,
+               0 as grp, p.score as ord, p.item_key
         from personal p
         join recsql.items i on i.item_key = p.item_key
-        cross join lateral (
+        left join lateral (
             select c.source_key from contributions c
             where c.item_key = p.item_key
             order by c.contribution desc, c.source_key
             limit 1
-        ) top
-        join recsql.items src on src.item_key = top.source_key
+        ) top on true
+        left join recsql.items src on src.item_key = top.source_key
         union all
         select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
         from fill f join recsql.items i on i.item_key = f.item_key
@@ -164,7 +189,7 @@ language sql stable parallel safe as $$
 $$;
 
 comment on function recsql._rank(integer[], double precision[], integer[], integer, text, boolean) is
-    'Shared ranking of recommend() and session_recommend(): co-occurrence scores, then trending fill';
+    'Shared ranking of recommend() and session_recommend(): co-occurrence blended with embeddings, then trending fill';
 
 -- Personalised top-k for a user from their recent history; trending for users with none.
 create function recsql.recommend(
@@ -244,15 +269,81 @@ $$;
 
 comment on function recsql._neighbors("char", text, integer) is 'Top of an item''s neighbour list of one kind';
 
--- Items most often in the same recent window as the given item, normalised for popularity.
-create function recsql.similar_items(item_id text, k integer default 10)
+-- Similar items by one method; similar_items() is its public face.
+create function recsql._similar(p_item_id text, p_k integer, p_method text)
 returns table (item_id text, score double precision, together integer)
-language sql stable as $$
-    select n.item_id, n.score, n.together from recsql._neighbors('v', similar_items.item_id, similar_items.k) n
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_key integer;
+    v_method text := p_method;
+    v_weight double precision;
+    v_warm boolean;
+    v_pool integer;
+begin
+    perform recsql._check_k(p_k);
+    if v_method is not null and v_method not in ('cooccurrence', 'embedding', 'hybrid') then
+        raise exception 'method must be cooccurrence, embedding or hybrid, got "%"', v_method
+            using errcode = '22023';
+    end if;
+    select i.item_key into v_key from recsql.items i where i.item_id = p_item_id;
+    if v_key is null then
+        return;
+    end if;
+    if v_method is null then
+        -- hybrid when the item has a vector (cold items then still get neighbours)
+        v_method := case when exists (select 1 from recsql.item_embeddings e where e.item_key = v_key)
+                         then 'hybrid' else 'cooccurrence' end;
+    end if;
+    if v_method = 'cooccurrence' then
+        return query select n.item_id, n.score, n.together from recsql._neighbors('v', p_item_id, p_k) n;
+        return;
+    end if;
+    select embedding_weight into v_weight from recsql.settings;
+    v_warm := exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = v_key);
+    v_pool := greatest(4 * p_k, 50);
+    return query
+    with cooc as (
+        select u.neighbor as item_key, u.score, u.together
+        from recsql.neighbor_lists l
+        cross join lateral unnest(l.neighbors, l.scores, l.together) as u(neighbor, score, together)
+        where l.kind = 'v' and l.item_key = v_key
+    ), emb as (
+        select x.item_key, x.similarity
+        from recsql._embedding_scores(array[v_key], array[1::double precision], v_pool,
+                                      array(select c.item_key from cooc c)) x
+    ), scored as (
+        select coalesce(c.item_key, e.item_key) as item_key,
+               case when v_method = 'embedding' or not v_warm then coalesce(e.similarity, 0)
+                    else (1 - v_weight) * coalesce(c.score / nullif((select max(score) from cooc), 0), 0)
+                         + v_weight * coalesce(e.similarity, 0) end as score,
+               c.together
+        from cooc c
+        full join emb e on e.item_key = c.item_key
+    )
+    select i.item_id, sc.score, coalesce(sc.together, 0)
+    from scored sc
+    join recsql.items i on i.item_key = sc.item_key
+    where sc.item_key <> v_key and i.hidden_at is null
+      and (v_method <> 'embedding' or sc.score > 0)
+    order by sc.score desc, sc.item_key
+    limit p_k;
+end
 $$;
 
-comment on function recsql.similar_items(text, integer) is
-    'Items similar to the given one by normalised co-occurrence (at most settings.neighbors_per_item)';
+comment on function recsql._similar(text, integer, text) is
+    'Similar items by co-occurrence, embeddings, or both blended (hybrid)';
+
+-- Items similar to the given one: by co-occurrence, by embeddings, or (hybrid) both blended.
+create function recsql.similar_items(item_id text, k integer default 10, method text default null)
+returns table (item_id text, score double precision, together integer)
+language sql stable as $$
+    select s.item_id, s.score, s.together
+    from recsql._similar(similar_items.item_id, similar_items.k, similar_items.method) s
+$$;
+
+comment on function recsql.similar_items(text, integer, text) is
+    'Similar items by method cooccurrence, embedding or hybrid (default: hybrid when the item has a vector)';
 
 -- Items bought by the same users close to the given item, normalised for popularity.
 create function recsql.bought_together(item_id text, k integer default 10)

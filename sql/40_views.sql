@@ -57,3 +57,21 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
 from recsql.fold_state f;
 
 comment on view recsql.fold_status is 'Folder progress: events waiting to reach derived state, and when it last ran';
+
+-- Vectors per space with the type the HNSW index is built on, so that
+-- `order by embedding <=> (select ...) limit 10` uses the index.
+create view recsql.behavior_embeddings as
+select i.item_id, e.embedding::vector(64) as embedding, e.updated_at
+from recsql.item_embeddings e
+join recsql.items i on i.item_key = e.item_key
+where e.space = 'behavior';
+
+comment on view recsql.behavior_embeddings is 'Behaviour vectors (64-d by default) by item id, for nearest-neighbour SQL';
+
+create view recsql.text_embeddings as
+select i.item_id, e.embedding::vector(384) as embedding, e.updated_at
+from recsql.item_embeddings e
+join recsql.items i on i.item_key = e.item_key
+where e.space = 'text';
+
+comment on view recsql.text_embeddings is 'Text vectors (all-MiniLM-L6-v2, 384-d) by item id, for nearest-neighbour SQL';
