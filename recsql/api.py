@@ -81,12 +81,12 @@ def recommend(
     )
 
 
-def similar_items(conn: Conn, item_id: str, k: int = 10) -> list[Row]:
-    """Items similar to ``item_id`` by normalised co-occurrence."""
+def similar_items(conn: Conn, item_id: str, k: int = 10, *, method: str | None = None) -> list[Row]:
+    """Items similar to ``item_id``: method cooccurrence, embedding or hybrid (default: hybrid if it has a vector)."""
     return _rows(
         conn,
-        "SELECT item_id, score, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
-        {"item_id": item_id, "k": k},
+        "SELECT item_id, score, together FROM recsql.similar_items(%(item_id)s, %(k)s, %(method)s)",
+        {"item_id": item_id, "k": k, "method": method},
     )
 
 

@@ -115,7 +115,9 @@ def db_psql(psql_args: tuple[str, ...]) -> None:
 
 @db_group.command("status")
 def db_status() -> None:
-    """Show where the database is, whether it runs, its revision and folding lag."""
+    """Show where the database is, whether it runs, its revision, folding and embedding lag."""
+    from recsql.embeddings import store
+
     cfg = config.load()
     if cfg.embedded:
         state = embedded.status(cfg.home)
@@ -136,6 +138,7 @@ def db_status() -> None:
         return
     with db.connection(url) as conn:
         status = api.fold_status(conn)
+        lag = store.queue_lag(conn) if revision >= "0003" else []
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM recsql.events) AS events, (SELECT count(*) FROM recsql.items) AS items,"
             " (SELECT count(*) FROM recsql.item_pairs) AS pairs"
@@ -154,6 +157,10 @@ def db_status() -> None:
         and status["seconds_since_fold"] > 60
     ):
         click.echo("                 nothing folded for over a minute: is `recsql worker` running?")
+    for row in lag:
+        click.echo(
+            f"embeddings:      {row['space']}: {row['queued']:,} queued, oldest {row['oldest_s']:.1f} s"
+        )
 
 
 @db_group.command("verify")
@@ -287,32 +294,83 @@ def recommend(
 @click.argument("item_id")
 @click.option("-k", default=10, show_default=True, help="Number of items.")
 @click.option("--bought-together", is_flag=True, help="Items bought together instead of viewed together.")
+@click.option(
+    "--method",
+    type=click.Choice(["cooccurrence", "embedding", "hybrid"]),
+    default=None,
+    help="Default: hybrid when the item has an embedding, else cooccurrence.",
+)
 @_format_option
-def similar(item_id: str, k: int, bought_together: bool, fmt: str) -> None:
+def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt: str) -> None:
     """Items similar to ITEM_ID."""
     with db.connection() as conn:
         db.require_schema(conn)
         if not api.item_exists(conn, item_id):
             raise RecsqlError(f"unknown item {item_id!r}: it has no events and is not in recsql.items")
-        rows = (api.bought_together if bought_together else api.similar_items)(conn, item_id, k)
+        if bought_together:
+            rows = api.bought_together(conn, item_id, k)
+        else:
+            rows = api.similar_items(conn, item_id, k, method=method)
     _print_rows(rows, fmt)
 
 
 @main.command("worker")
 @click.option("--idle", default=0.1, show_default=True, help="Seconds to wait when there is nothing to fold.")
-def worker(idle: float) -> None:
-    """Fold events into derived state continuously (Ctrl-C stops cleanly)."""
+@click.option("--fold/--no-fold", default=True, show_default=True, help="Fold events into derived state.")
+@click.option("--embed/--no-embed", default=True, show_default=True, help="Keep item embeddings fresh.")
+@click.option(
+    "--spaces",
+    default="text,behavior",
+    show_default=True,
+    help="Embedding spaces this worker fills (comma-separated).",
+)
+def worker(idle: float, fold: bool, embed: bool, spaces: str) -> None:
+    """Keep derived state and embeddings fresh (Ctrl-C or SIGTERM stops cleanly).
+
+    Run one or several: folding is serialised by an advisory lock, embedding work is shared
+    through a queue (FOR UPDATE SKIP LOCKED).
+    """
+    from recsql.embeddings.worker import Embedder
     from recsql.worker import Folder
 
-    log = logging.getLogger("recsql.worker")
-    folder = Folder(idle_s=idle, on_fold=lambda n, s: log.info("folded %d events in %.3f s", n, s))
-    signal.signal(signal.SIGTERM, lambda *_: folder.stop())
-    click.echo("folding events; Ctrl-C to stop", err=True)
+    if not fold and not embed:
+        raise click.UsageError("nothing to do: drop --no-fold or --no-embed")
+    fold_log = logging.getLogger("recsql.worker")
+    embed_log = logging.getLogger("recsql.embeddings")
+    folder = Folder(idle_s=idle, on_fold=lambda n, s: fold_log.info("folded %d events in %.3f s", n, s))
+    embedder = Embedder(
+        spaces=tuple(x.strip() for x in spaces.split(",") if x.strip()),
+        on_batch=lambda space, n, s: embed_log.info("embedded %d %s items in %.2f s", n, space, s),
+    )
+    stopping = []
+
+    def _stop(*_: Any) -> None:
+        stopping.append(True)
+        folder.stop()
+        embedder.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    click.echo(
+        f"worker: {'folding events' if fold else ''}{' and ' if fold and embed else ''}"
+        f"{'embedding items (' + spaces + ')' if embed else ''}; Ctrl-C to stop",
+        err=True,
+    )
     try:
-        folder.run()
+        if embed:
+            embedder.start_thread()
+        if fold:
+            folder.run()
+        else:
+            while not stopping:
+                signal.pause()
     except KeyboardInterrupt:
         pass
-    click.echo(f"stopped after folding {folder.folded:,} events", err=True)
+    finally:
+        _stop()
+    click.echo(
+        f"stopped after folding {folder.folded:,} events and embedding {sum(embedder.embedded.values()):,} items",
+        err=True,
+    )
 
 
 @main.command("serve")

@@ -147,7 +147,8 @@ class ServedList:
 _SURFACES: dict[str, LiteralString] = {
     "user": "SELECT item_id, score, reason, NULL::integer AS together FROM recsql.recommend("
     "%(user_id)s, %(k)s, %(category)s, %(in_stock_only)s)",
-    "similar": "SELECT item_id, score, NULL::text AS reason, together FROM recsql.similar_items(%(item_id)s, %(k)s)",
+    "similar": "SELECT item_id, score, NULL::text AS reason, together"
+    " FROM recsql.similar_items(%(item_id)s, %(k)s, %(method)s)",
     "bought_together": "SELECT item_id, score, NULL::text AS reason, together"
     " FROM recsql.bought_together(%(item_id)s, %(k)s)",
     "trending": "SELECT item_id, score, 'trending' AS reason, NULL::integer AS together"
@@ -167,6 +168,7 @@ def serve(
     item_ids: Sequence[str] = (),
     category: str | None = None,
     in_stock_only: bool = False,
+    method: str | None = None,
     log: bool = True,
 ) -> ServedList:
     """Compute one list, join catalog details and log it in recsql.recommendation_log.
@@ -185,6 +187,7 @@ def serve(
         "k": k,
         "category": category,
         "in_stock_only": in_stock_only,
+        "method": method,
     }
     rec_id = new_event_id()
     try:

@@ -56,8 +56,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def _start_worker(app: Flask) -> None:
+    """Fold and embed in this process (the demo: one command runs everything)."""
+    from recsql.embeddings.worker import Embedder
     from recsql.worker import Folder
 
     folder = Folder(app.config["DATABASE_URL"])
     folder.start_thread()
+    embedder = Embedder(app.config["DATABASE_URL"])
+    embedder.start_thread()
     app.extensions["recsql_folder"] = folder
+    app.extensions["recsql_embedder"] = embedder

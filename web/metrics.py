@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+import psycopg
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +19,7 @@ from prometheus_client import (
 )
 
 from recsql import api
+from recsql.embeddings import store
 from recsql.errors import RecsqlError
 from web import pool
 
@@ -80,6 +82,17 @@ def _database_lines() -> str:
     for name, (help_text, value) in gauges.items():
         if value is not None:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {float(value)}"]
+    try:
+        lag = store.queue_lag(pool.conn())
+    except psycopg.Error:
+        lag = []  # a database before migration 0003
+    for name, key, help_text in (
+        ("recsql_embedding_queue", "queued", "Items waiting for a vector, per space"),
+        ("recsql_embedding_lag_seconds", "oldest_s", "Age of the oldest queued item, per space"),
+    ):
+        if lag:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += [f'{name}{{space="{r["space"]}"}} {float(r[key])}' for r in lag]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, g, jsonify
 
 from recsql import catalog, serving
 from web import body, pool, schemas
-from web.spec import CATEGORY, IN_STOCK, K, Param, operation, validate
+from web.spec import CATEGORY, IN_STOCK, METHOD, K, Param, operation, validate
 
 bp = Blueprint("reading", __name__)
 
@@ -71,14 +71,14 @@ def user_recommendations(user_id: str, k: int, category: str | None, in_stock: b
     bp,
     "GET",
     "/v1/items/<item_id>/similar",
-    summary="Items similar to an item (viewed together)",
+    summary="Items similar to an item (viewed together, and close in embedding space)",
     scope="read",
-    params=(K,),
+    params=(K, METHOD),
     response=schemas.RECOMMENDATIONS,
     errors=(404,),
 )
-def similar(item_id: str, k: int) -> Response:
-    return _served(serving.serve(pool.conn(), "similar", item_id=item_id, k=k))
+def similar(item_id: str, k: int, method: str | None) -> Response:
+    return _served(serving.serve(pool.conn(), "similar", item_id=item_id, k=k, method=method))
 
 
 @operation(

@@ -30,8 +30,11 @@ class Param:
     minimum: int | None = None
     maximum: int | None = None
     max_length: int = 256
+    choices: tuple[str, ...] = ()
 
     def schema(self) -> dict[str, Any]:
+        if self.choices:
+            return {"type": "string", "enum": list(self.choices)}
         s: dict[str, Any] = {"type": self.kind}
         if self.minimum is not None:
             s["minimum"] = self.minimum
@@ -71,6 +74,10 @@ class Param:
             raise ApiError(
                 400, "invalid_parameter", f"{self.name} must be true or false, got {raw[:40]!r}", self.name
             )
+        if self.choices and raw not in self.choices:
+            raise ApiError(
+                400, "invalid_parameter", f"{self.name} must be one of {', '.join(self.choices)}", self.name
+            )
         if len(raw) > self.max_length or re.search(r"[\x00-\x1f\x7f]", raw):
             raise ApiError(
                 400,
@@ -84,6 +91,12 @@ class Param:
 K = Param("k", "integer", "How many items", default=10, minimum=1, maximum=1000)
 CATEGORY = Param("category", "string", "Only items of this category")
 IN_STOCK = Param("in_stock", "boolean", "Only items in stock", default=False)
+METHOD = Param(
+    "method",
+    "string",
+    "cooccurrence, embedding, or hybrid (default: hybrid when the item has an embedding)",
+    choices=("cooccurrence", "embedding", "hybrid"),
+)
 
 
 @dataclass

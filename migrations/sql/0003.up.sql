@@ -34,6 +34,7 @@ create table recsql.item_embeddings (
     embedding vector not null,
     source_hash text,
     support bigint,
+    pair_total bigint,
     model_version text,
     writes integer not null default 1,
     updated_at timestamptz not null default now(),
@@ -50,6 +51,7 @@ create index item_embeddings_text_hnsw on recsql.item_embeddings
 comment on table recsql.item_embeddings is 'One vector per item and space, written by the embedding worker';
 comment on column recsql.item_embeddings.source_hash is 'text space: hash of the text embedded, so unchanged items are skipped';
 comment on column recsql.item_embeddings.support is 'behavior space: the item''s events when its vector was computed';
+comment on column recsql.item_embeddings.pair_total is 'behavior space: the item''s co-occurrence total then (used to fold in other items)';
 comment on column recsql.item_embeddings.writes is 'How many times the vector was written (a worker never embeds an item twice for one change)';
 
 create table recsql.embedding_queue (

@@ -1,0 +1,1 @@
+"""Item embeddings: models and the worker that keeps them fresh."""
