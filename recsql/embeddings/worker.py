@@ -188,10 +188,8 @@ class Embedder:
             return 0
         result = behavior.fit(a, b, n, dim=sp.dim)
         # Each item's co-occurrence total: what folding it in for its neighbours later needs.
-        uniq, inverse = np.unique(a, return_inverse=True)
-        lookup = dict(zip(uniq.tolist(), np.bincount(inverse, weights=n).tolist(), strict=True))
-        totals = np.array([int(lookup.get(int(k), 0)) for k in result.item_keys], dtype=np.int64)
-        version = f"ppmi-svd-{sp.dim}@{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        totals = np.asarray(result.row_sums, dtype=np.int64)
+        version = f"{behavior.SCHEME}-{sp.dim}@{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
         store.replace_space(
             conn, "behavior", result.item_keys, result.vectors, totals, result.meta(), version
         )
