@@ -125,6 +125,14 @@ def revoke(conn: Conn, key_id: str) -> None:
         raise NotFound(f"no API key with id {key_id!r}; `recsql keys list` shows them", code="key_not_found")
 
 
+def track_origins(conn: Conn) -> set[str]:
+    """Every origin some active track key allows (answering CORS preflights needs no key)."""
+    rows = conn.execute(
+        "SELECT DISTINCT unnest(allowed_origins) AS o FROM recsql.api_keys WHERE revoked_at IS NULL AND scope = 'track'"
+    ).fetchall()
+    return {r["o"] for r in rows}
+
+
 def parse(presented: str) -> tuple[str, str] | None:
     """(scope, key id) of a well-formed key, or None."""
     m = _KEY.match(presented)

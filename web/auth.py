@@ -124,16 +124,9 @@ class _OriginCache:
     def allows(self, origin: str) -> bool:
         now = time.monotonic()
         if now - self._at > self.ttl:
-            rows = (
-                pool.conn()
-                .execute(
-                    "SELECT DISTINCT unnest(allowed_origins) AS o FROM recsql.api_keys"
-                    " WHERE revoked_at IS NULL AND scope = 'track'"
-                )
-                .fetchall()
-            )
+            origins = keys.track_origins(pool.conn())
             with self._lock:
-                self._origins = {r["o"] for r in rows}
+                self._origins = origins
                 self._at = now
         return "*" in self._origins or origin.rstrip("/") in self._origins
 
