@@ -493,3 +493,7 @@ def demo(users: int, items: int, seed: int, serve: bool, port: int) -> None:
             err=True,
         )
         server.run_demo(port)
+
+
+# Commands defined in their own modules register themselves on `main` when imported.
+from recsql import cli_models  # noqa: E402, F401

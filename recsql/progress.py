@@ -24,8 +24,10 @@ class Progress:
         total: int | None = None,
         position: Callable[[], int] | None = None,
         stream: TextIO | None = None,
+        unit: str = "rows read",
     ) -> None:
         self.label = label
+        self.unit = unit
         self.enabled = enabled
         self.total = total if total and position is not None else None
         self._position = position
@@ -58,7 +60,7 @@ class Progress:
 
     def _line(self, rows: int, now: float, final: bool = False) -> str:
         elapsed = max(now - self._started, 1e-9)
-        text = f"{self.label}: {rows:,} rows read, {rows / elapsed:,.0f} rows/s"
+        text = f"{self.label}: {rows:,} {self.unit}, {rows / elapsed:,.0f} {self.unit.split()[0]}/s"
         if final:
             return f"{text}, {elapsed:.1f} s"
         if self.total and self._position is not None:

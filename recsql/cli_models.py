@@ -1,0 +1,162 @@
+"""`recsql models ...` and `recsql evaluate`: model versions and their offline evaluation."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from psycopg.types.json import Jsonb
+
+from recsql import db
+from recsql.cli import _format_option, _print_rows, main
+from recsql.errors import BadInput, translate
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set key=value`: JSON when it parses (numbers, objects), else the text itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set wants key=value, got {pair!r}", code="invalid_parameter")
+        value = _parse_value(raw)
+        if key.startswith("weights."):
+            params.setdefault("weights", {})[key.removeprefix("weights.")] = value
+        else:
+            params[key] = value
+    return params
+
+
+@main.group("models")
+def models_group() -> None:
+    """Model versions: named, immutable parameter sets (one active)."""
+
+
+@models_group.command("create")
+@click.argument("name")
+@click.option(
+    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="A parameter; weights.TYPE=N for a weight."
+)
+@click.option("--description", default="", help="What this version changes and why.")
+def models_create(name: str, sets: tuple[str, ...], description: str) -> None:
+    """Create a candidate from the active model's parameters with the given changes."""
+    changes = _parse_sets(sets)
+    with db.connection() as conn:
+        db.require_schema(conn)
+        try:
+            with conn.transaction():
+                base = conn.execute("SELECT params FROM recsql.models WHERE status = 'active'").fetchone()
+                full = conn.execute(
+                    "SELECT recsql.check_params(%s, %s) AS p",
+                    (Jsonb(changes), Jsonb(base["params"] if base else None)),
+                ).fetchone()
+                assert full is not None
+                conn.execute(
+                    "INSERT INTO recsql.models (name, params, description) VALUES (%s, %s, %s)",
+                    (name, Jsonb(full["p"]), description),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise BadInput(f"a model named {name!r} exists; versions are immutable, pick a new name") from exc
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+    click.echo(
+        f"created candidate {name}: " + (", ".join(f"{k}={v}" for k, v in changes.items()) or "no changes")
+    )
+
+
+@models_group.command("list")
+@_format_option
+def models_list(fmt: str) -> None:
+    """Every version with its status and what differs from the active one."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        rows = conn.execute(
+            "WITH a AS (SELECT params FROM recsql.models WHERE status = 'active')"
+            " SELECT m.name, m.status, m.created_at, m.promoted_at,"
+            " coalesce((SELECT string_agg(p.key || '=' || p.value::text, ' ' ORDER BY p.key)"
+            "  FROM jsonb_each(m.params) p, a WHERE a.params -> p.key IS DISTINCT FROM p.value), '') AS differs,"
+            " m.description"
+            " FROM recsql.models m ORDER BY m.created_at, m.name"
+        ).fetchall()
+    _print_rows([dict(r) for r in rows], fmt)
+
+
+@main.command("evaluate")
+@click.option("--model", default=None, help="Candidate to evaluate beside the active model.")
+@click.option(
+    "--split", "split_at", default=None, help="Train on events before this time (ISO 8601 with zone)."
+)
+@click.option("--holdout-last", type=float, default=None, help="Test on each user's last FRACTION of events.")
+@click.option("--baseline", type=click.Choice(["popular", "none"]), default="popular", show_default=True)
+@click.option("--max-users", type=int, default=None, help="Evaluate a deterministic sample of test users.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def evaluate(
+    model: str | None,
+    split_at: str | None,
+    holdout_last: float | None,
+    baseline: str,
+    max_users: int | None,
+    fmt: str,
+    plot_path: Path | None,
+) -> None:
+    """Replay the events before a split and score every model's top-k on what users did after it."""
+    from recsql.evaluation import run
+
+    at = None
+    if split_at is not None:
+        try:
+            at = datetime.fromisoformat(split_at)
+        except ValueError as exc:
+            raise BadInput(
+                f"--split wants an ISO 8601 time like 2026-11-01T00:00:00Z, got {split_at!r}"
+            ) from exc
+    url = db.database_url()
+    with db.connection(url) as conn:
+        db.require_schema(conn)
+        result = run.evaluate(
+            conn,
+            url,
+            model=model,
+            split_at=at,
+            holdout_last=holdout_last,
+            baseline=baseline == "popular",
+            max_users=max_users,
+            show_progress=fmt == "table",
+        )
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "split": result.split,
+                    "data_fingerprint": result.fingerprint,
+                    "users": result.users,
+                    "seconds": result.seconds,
+                    "scores": result.scores.to_dict(orient="records"),
+                },
+                indent=2,
+            )
+        )
+    else:
+        table = result.table()
+        click.echo(
+            f"\nrun {result.run_id}  split {result.split}  {result.users:,} users  data {result.fingerprint}"
+        )
+        click.echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        click.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+        click.echo("stored in recsql.evaluations")
+    if plot_path is not None:
+        run.plot(result, plot_path)
+        click.echo(f"chart written to {plot_path}", err=True)

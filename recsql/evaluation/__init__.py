@@ -1,0 +1,1 @@
+"""Offline evaluation: splits, replay into a scratch database, ranking metrics."""

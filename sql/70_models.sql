@@ -1,0 +1,206 @@
+-- Model versions and offline evaluations. A model is a named, immutable set of parameters: the
+-- knobs of recsql.settings that shape recommendations, and the event-type weights.
+
+create table recsql.models (
+    name text constraint models_pkey primary key
+        constraint models_name_check check (name ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    params jsonb not null constraint models_params_check check (jsonb_typeof(params) = 'object'),
+    status text not null default 'candidate'
+        constraint models_status_check check (status in ('candidate', 'active', 'retired')),
+    description text not null default '',
+    created_at timestamptz not null default now(),
+    promoted_at timestamptz,
+    retired_at timestamptz
+);
+
+-- Exactly one active model at a time (the seed below makes it one, never zero).
+create unique index models_one_active_idx on recsql.models ((true)) where status = 'active';
+
+comment on table recsql.models is 'Model versions: immutable parameter sets, one active, candidates and retired ones';
+
+-- Every key a model may set, its type, and whether it shapes derived state (needs a rebuild).
+create table recsql.model_parameters (
+    key text constraint model_parameters_pkey primary key,
+    kind text not null constraint model_parameters_kind_check check (kind in ('integer', 'number', 'text', 'interval', 'weights')),
+    shapes_state boolean not null,
+    description text not null
+);
+
+insert into recsql.model_parameters (key, kind, shapes_state, description) values
+    ('weights', 'weights', true, 'weight per event type, e.g. {"view": 1, "purchase": 5}'),
+    ('cooc_window', 'integer', true, 'pair an event with the user''s previous N pair-forming events (1..200)'),
+    ('purchase_window', 'integer', true, 'bought-together window over conversions (1..200)'),
+    ('trending_half_life', 'interval', true, 'half-life of trending popularity, e.g. "2 days"'),
+    ('min_support', 'integer', true, 'ignore pairs seen fewer times (>= 1)'),
+    ('neighbors_per_item', 'integer', true, 'length of each neighbour list (1..1000)'),
+    ('similarity', 'text', true, 'cosine, jaccard or count'),
+    ('history_length', 'integer', false, 'recent events of a user that recommend() reads (1..10000)'),
+    ('history_half_life', 'number', false, 'recency half-life over those events, in events (> 0)'),
+    ('embedding_weight', 'number', false, 'share of embedding similarity in hybrid scores (0..1)');
+
+comment on table recsql.model_parameters is 'The parameters a model version may set; shapes_state ones need derived state rebuilt';
+
+-- The parameters in force now, as a model's params document.
+create function recsql.current_params() returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'weights', (select jsonb_object_agg(t.name, t.weight order by t.name) from recsql.event_types t),
+        'cooc_window', s.cooc_window,
+        'purchase_window', s.purchase_window,
+        'trending_half_life', s.trending_half_life::text,
+        'min_support', s.min_support,
+        'neighbors_per_item', s.neighbors_per_item,
+        'similarity', s.similarity,
+        'history_length', s.history_length,
+        'history_half_life', s.history_half_life,
+        'embedding_weight', s.embedding_weight)
+    from recsql.settings s
+$$;
+
+comment on function recsql.current_params() is 'The parameters in force (settings and event-type weights) as a params document';
+
+-- Validates a params document against recsql.model_parameters and the settings' own checks, and
+-- returns it complete (keys not given are taken from p_base). Rejections say what to change.
+create function recsql.check_params(p_params jsonb, p_base jsonb default null) returns jsonb
+language plpgsql as $$
+declare
+    v_base jsonb := coalesce(p_base, recsql.current_params());
+    v_key text;
+    v_value jsonb;
+    v_kind text;
+    v_out jsonb;
+    v_constraint text;
+begin
+    if p_params is null or jsonb_typeof(p_params) <> 'object' then
+        raise exception 'model parameters must be a JSON object' using errcode = '22023';
+    end if;
+    for v_key, v_value in select * from jsonb_each(p_params) loop
+        select kind into v_kind from recsql.model_parameters where key = v_key;
+        if v_kind is null then
+            raise exception 'unknown model parameter "%"', v_key
+                using errcode = '22023',
+                      hint = format('Parameters: %s.', (select string_agg(key, ', ' order by key) from recsql.model_parameters));
+        end if;
+        if v_kind = 'weights' then
+            if jsonb_typeof(v_value) <> 'object' then
+                raise exception 'weights must be an object of event type -> number, got %', v_value using errcode = '22023';
+            end if;
+            perform 1 from jsonb_each(v_value) w
+            where not exists (select 1 from recsql.event_types t where t.name = w.key);
+            if found then
+                raise exception 'weights name an unknown event type: %',
+                    (select string_agg(w.key, ', ') from jsonb_each(v_value) w
+                     where not exists (select 1 from recsql.event_types t where t.name = w.key))
+                    using errcode = '22023',
+                          hint = format('Known types: %s.', (select string_agg(name, ', ' order by name) from recsql.event_types));
+            end if;
+            perform 1 from jsonb_each(v_value) w
+            where jsonb_typeof(w.value) <> 'number' or (w.value::text)::double precision not between -1000 and 1000;
+            if found then
+                raise exception 'each weight must be a number between -1000 and 1000' using errcode = '22023';
+            end if;
+        elsif v_kind in ('integer', 'number') and jsonb_typeof(v_value) <> 'number' then
+            raise exception '% must be a number, got %', v_key, v_value using errcode = '22023';
+        elsif v_kind = 'integer' and (v_value::text)::numeric <> trunc((v_value::text)::numeric) then
+            raise exception '% must be a whole number, got %', v_key, v_value using errcode = '22023';
+        elsif v_kind in ('text', 'interval') and jsonb_typeof(v_value) <> 'string' then
+            raise exception '% must be a string, got %', v_key, v_value using errcode = '22023';
+        end if;
+    end loop;
+    v_out := v_base || (p_params - 'weights')
+        || jsonb_build_object('weights', coalesce(v_base -> 'weights', '{}') || coalesce(p_params -> 'weights', '{}'));
+    -- The settings table's own constraints decide the ranges, so there is one rule for both.
+    begin
+        perform recsql._apply_params_to(v_out, false);
+    exception when check_violation or invalid_datetime_format or invalid_text_representation
+                   or numeric_value_out_of_range then
+        get stacked diagnostics v_constraint = constraint_name;
+        v_key := substring(v_constraint from '^settings_(.*)_check$');
+        if v_key is not null then
+            raise exception '% = % is out of range: %', v_key, v_out -> v_key,
+                (select description from recsql.model_parameters where key = v_key)
+                using errcode = '22023';
+        end if;
+        raise exception 'invalid model parameters: %', sqlerrm using errcode = '22023';
+    end;
+    return v_out;
+end
+$$;
+
+comment on function recsql.check_params(jsonb, jsonb) is
+    'Validates model parameters (unknown keys, types, ranges) and returns them completed from the base';
+
+-- Writes a params document into settings and event_types; with p_keep = false it is a dry run that
+-- only lets the constraints judge it (the caller's subtransaction is rolled back by raising).
+create function recsql._apply_params_to(p_params jsonb, p_keep boolean) returns void
+language plpgsql as $$
+begin
+    update recsql.settings set
+        cooc_window = (p_params ->> 'cooc_window')::integer,
+        purchase_window = (p_params ->> 'purchase_window')::integer,
+        trending_half_life = (p_params ->> 'trending_half_life')::interval,
+        min_support = (p_params ->> 'min_support')::integer,
+        neighbors_per_item = (p_params ->> 'neighbors_per_item')::integer,
+        similarity = p_params ->> 'similarity',
+        history_length = (p_params ->> 'history_length')::integer,
+        history_half_life = (p_params ->> 'history_half_life')::double precision,
+        embedding_weight = (p_params ->> 'embedding_weight')::double precision;
+    update recsql.event_types t set weight = (w.value::text)::double precision
+    from jsonb_each(p_params -> 'weights') w
+    where t.name = w.key and t.weight is distinct from (w.value::text)::double precision;
+    if not p_keep then
+        raise exception using errcode = 'P0004', message = 'dry run';
+    end if;
+exception when assert_failure then
+    return;  -- the dry run's own exit: every change above is undone
+end
+$$;
+
+comment on function recsql._apply_params_to(jsonb, boolean) is
+    'Writes parameters into settings and event_types (p_keep = false: check them against the constraints only)';
+
+-- Applies a params document to this database: settings, weights, and the derived state they shape.
+create function recsql.apply_params(p_params jsonb) returns text
+language plpgsql as $$
+declare
+    v_before jsonb := recsql.current_params();
+    v_params jsonb := recsql.check_params(p_params, v_before);
+    v_state_changed boolean;
+begin
+    v_state_changed := exists (
+        select 1 from recsql.model_parameters m
+        where m.shapes_state and (v_before -> m.key) is distinct from (v_params -> m.key));
+    perform recsql._apply_params_to(v_params, true);
+    if v_state_changed then
+        perform recsql.rebuild();
+        return 'rebuilt';
+    end if;
+    return 'applied';
+end
+$$;
+
+comment on function recsql.apply_params(jsonb) is
+    'Puts parameters in force; rebuilds derived state when a state-shaping one changed. Returns applied or rebuilt';
+
+create table recsql.evaluations (
+    run_id uuid not null,
+    model text not null,
+    metric text not null,
+    k integer not null,
+    value double precision,
+    split text not null,
+    data_fingerprint text not null,
+    params jsonb,
+    users integer not null,
+    created_at timestamptz not null default now(),
+    constraint evaluations_pkey primary key (run_id, model, metric, k)
+);
+
+create index evaluations_model_idx on recsql.evaluations (model, created_at);
+
+comment on table recsql.evaluations is
+    'Offline evaluation results: one row per run, model, metric and k, with the split and a fingerprint of the data';
+
+-- The model in force when the schema is installed.
+insert into recsql.models (name, params, status, description, promoted_at)
+values ('default', recsql.current_params(), 'active', 'the built-in defaults', now());
