@@ -160,3 +160,65 @@ def evaluate(
     if plot_path is not None:
         run.plot(result, plot_path)
         click.echo(f"chart written to {plot_path}", err=True)
+
+
+@models_group.command("promote")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Promote even if the offline gate refuses.")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Refuse when the candidate's NDCG@10 is below the active model's by more than this share.",
+)
+def models_promote(name: str, force: bool, tolerance: float) -> None:
+    """Make NAME the active model, in one transaction, if its offline evaluation allows it."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        gate = conn.execute("SELECT * FROM recsql.promotion_gate(%s)", (name,)).fetchone()
+        if gate is None:
+            message = (
+                f"no evaluation compares {name} with the active model; run"
+                f" `recsql evaluate --model {name} --holdout-last 0.2` first"
+            )
+            if not force:
+                raise BadInput(message + " (or promote with --force)", code="not_evaluated")
+            click.echo(f"warning: {message}; promoting anyway (--force)", err=True)
+        else:
+            active_value, candidate_value = float(gate["active_value"]), float(gate["candidate_value"])  # type: ignore[arg-type]
+            floor = active_value * (1 - tolerance)
+            verdict = (
+                f"NDCG@10 {gate['candidate_value']:.4f} for {name} against {gate['active_value']:.4f} for"
+                f" {gate['active']} (evaluation {gate['run_id']} of {gate['evaluated_at']:%Y-%m-%d %H:%M};"
+                f" floor {floor:.4f} at tolerance {tolerance:.0%})"
+            )
+            if candidate_value < floor:
+                if not force:
+                    raise BadInput(f"refused: {verdict}. Use --force to promote anyway.", code="gate_refused")
+                click.echo(f"warning: the gate refuses ({verdict}); promoting anyway (--force)", err=True)
+            else:
+                click.echo(f"gate passed: {verdict}", err=True)
+        how = _promote(conn, name)
+    click.echo(f"{name} is active ({how})")
+
+
+@models_group.command("rollback")
+def models_rollback() -> None:
+    """Make the previously active model active again (no gate: it was live before)."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        row = conn.execute("SELECT recsql.previous_model() AS name").fetchone()
+        if row is None or row["name"] is None:
+            raise BadInput("no previously active model to roll back to", code="nothing_to_roll_back")
+        previous = str(row["name"])
+        how = _promote(conn, previous)
+    click.echo(f"rolled back: {previous} is active ({how})")
+
+
+def _promote(conn: psycopg.Connection[Any], name: str) -> str:
+    try:
+        row = conn.execute("SELECT recsql.promote_model(%s) AS how", (name,)).fetchone()
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    return str(row["how"]) if row else "done"

@@ -1,4 +1,7 @@
 -- Undo 0004.
+drop function recsql.previous_model();
+drop function recsql.promote_model(text);
+drop function recsql.promotion_gate(text, text, integer);
 drop table recsql.evaluations;
 drop function recsql.apply_params(jsonb);
 drop function recsql._apply_params_to(jsonb, boolean);

@@ -206,3 +206,57 @@ comment on table recsql.evaluations is
 -- The model in force when the schema is installed.
 insert into recsql.models (name, params, status, description, promoted_at)
 values ('default', recsql.current_params(), 'active', 'the built-in defaults', now());
+
+-- The newest offline evaluation that scored both models on the same data, on one metric.
+create function recsql.promotion_gate(p_candidate text, p_metric text default 'ndcg', p_k integer default 10)
+returns table (run_id uuid, evaluated_at timestamptz, active text, active_value double precision,
+               candidate_value double precision)
+language sql stable as $$
+    select c.run_id, c.created_at, a.model, a.value, c.value
+    from recsql.evaluations c
+    join recsql.evaluations a on a.run_id = c.run_id and a.metric = c.metric and a.k = c.k
+    join recsql.models m on m.name = a.model and m.status = 'active'
+    where c.model = p_candidate and c.metric = p_metric and c.k = p_k
+    order by c.created_at desc
+    limit 1
+$$;
+
+comment on function recsql.promotion_gate(text, text, integer) is
+    'The latest evaluation comparing a candidate with the active model on one metric';
+
+-- Makes a model the active one in one transaction: its parameters take effect (derived state is
+-- rebuilt when they shape it), the previous active model is retired and kept for rollback.
+create function recsql.promote_model(p_name text) returns text
+language plpgsql as $$
+declare
+    v_model recsql.models;
+    v_how text;
+begin
+    -- One promotion at a time; readers are not blocked by this lock.
+    lock table recsql.models in share row exclusive mode;
+    select * into v_model from recsql.models where name = p_name;
+    if not found then
+        raise exception 'no model "%"', p_name using errcode = '42704',
+            hint = 'recsql models list shows them';
+    end if;
+    if v_model.status = 'active' then
+        return 'already active';
+    end if;
+    v_how := recsql.apply_params(v_model.params);
+    update recsql.models set status = 'retired', retired_at = now() where status = 'active';
+    update recsql.models set status = 'active', promoted_at = now(), retired_at = null where name = p_name;
+    return v_how;
+end
+$$;
+
+comment on function recsql.promote_model(text) is
+    'Puts a model in force and makes it active in one transaction (rebuilding state its parameters shape)';
+
+-- The model that was active before the current one.
+create function recsql.previous_model() returns text
+language sql stable as $$
+    select name from recsql.models where status = 'retired' and promoted_at is not null
+    order by retired_at desc nulls last, promoted_at desc limit 1
+$$;
+
+comment on function recsql.previous_model() is 'The most recently retired model that was once active (rollback target)';

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -132,3 +133,81 @@ def test_models_create_validates_and_lists(shop, conn):
     names = {m["name"]: m for m in json.loads(listed.stdout)}
     assert names["default"]["status"] == "active" and names["wide"]["status"] == "candidate"
     assert "cooc_window=20" in names["wide"]["differs"]
+
+
+def test_promotion_is_gated_and_can_be_rolled_back(shop, conn):
+    runner = CliRunner()
+    conn.execute(
+        "INSERT INTO recsql.models (name, params) VALUES ('short', recsql.check_params('{\"history_length\": 1}')),"
+        " ('broken', recsql.check_params(%s))",
+        (
+            '{"weights": {"view": 0, "purchase": 0, "add_to_cart": 0, "click": 0, "rating": 0,'
+            ' "review": 0, "wishlist": 0, "remove_from_cart": 0}}',
+        ),
+    )
+    unevaluated = runner.invoke(cli.main, ["models", "promote", "broken"])
+    assert unevaluated.exit_code == 1 and "recsql evaluate --model broken" in unevaluated.output
+    run.evaluate(conn, shop, model="broken", holdout_last=0.1, show_progress=False)
+    refused = runner.invoke(cli.main, ["models", "promote", "broken"])
+    assert refused.exit_code == 1 and "refused: NDCG@10 0.0000 for broken against" in refused.output
+    assert (
+        conn.execute("SELECT name FROM recsql.models WHERE status = 'active'").fetchone()["name"] == "default"
+    )
+
+    forced = runner.invoke(cli.main, ["models", "promote", "broken", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "broken is active (rebuilt)" in forced.stdout  # weights shape derived state
+    weights = {r["name"]: r["weight"] for r in conn.execute("SELECT name, weight FROM recsql.event_types")}
+    assert weights["purchase"] == 0
+    back = runner.invoke(cli.main, ["models", "rollback"])
+    assert back.exit_code == 0 and "default is active" in back.stdout
+    assert (
+        conn.execute("SELECT weight FROM recsql.event_types WHERE name = 'purchase'").fetchone()["weight"]
+        == 5
+    )
+    statuses = {r["name"]: r["status"] for r in conn.execute("SELECT name, status FROM recsql.models")}
+    assert statuses == {"default": "active", "broken": "retired", "short": "candidate"}
+
+
+def test_readers_never_fail_nor_see_a_mix_while_promoting(shop, conn):
+    import threading
+
+    import psycopg
+
+    from recsql import api
+
+    api.flush(conn)
+    conn.execute(
+        "INSERT INTO recsql.models (name, params) VALUES ('next', recsql.check_params(%s))",
+        ('{"history_length": 30, "cooc_window": 5, "weights": {"purchase": 4}}',),
+    )
+    seen, errors, stop = set(), [], threading.Event()
+
+    def read() -> None:
+        with psycopg.connect(shop, autocommit=True) as reader:
+            while not stop.is_set():
+                try:
+                    row = reader.execute(
+                        "SELECT (SELECT history_length FROM recsql.settings),"
+                        " (SELECT cooc_window FROM recsql.settings),"
+                        " (SELECT weight FROM recsql.event_types WHERE name = 'purchase'),"
+                        " (SELECT count(*) FROM recsql.recommend('u3', 5))"
+                    ).fetchone()
+                    seen.add(row[:3])
+                except psycopg.Error as exc:  # any failure is what this test is about
+                    errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        time.sleep(0.3)
+        res = CliRunner().invoke(cli.main, ["models", "promote", "next", "--force"])
+        assert res.exit_code == 0, res.output
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+    assert seen == {(15, 10, 5.0), (30, 5, 4.0)}  # the old model or the new one, nothing in between
