@@ -222,3 +222,36 @@ def _promote(conn: psycopg.Connection[Any], name: str) -> str:
     except psycopg.Error as exc:
         raise translate(exc) from exc
     return str(row["how"]) if row else "done"
+
+
+@models_group.command("traffic")
+@click.argument("name")
+@click.argument("share", type=float)
+def models_traffic(name: str, share: float) -> None:
+    """Serve candidate NAME to SHARE of users (0 ends its test); the active model serves the rest."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        try:
+            conn.execute("SELECT recsql.set_traffic(%s, %s)", (name, share))
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        shares = [
+            (str(r["model"]), float(r["share"]))  # type: ignore[arg-type]
+            for r in conn.execute("SELECT model, share FROM recsql.model_traffic ORDER BY model").fetchall()
+        ]
+    rest = 1.0 - sum(share for _, share in shares)
+    split = ", ".join(f"{model} {share:.0%}" for model, share in shares)
+    click.echo(f"traffic: {split + ', ' if split else ''}active model {rest:.0%}")
+
+
+@models_group.command("report")
+@click.option("--days", type=int, default=14, show_default=True, help="Window of served lists.")
+@_format_option
+def models_report(days: int, fmt: str) -> None:
+    """CTR, conversion and revenue per model, with a two-proportion z-test against the active model."""
+    from recsql.evaluation import online
+
+    with db.connection() as conn:
+        db.require_schema(conn)
+        rows = online.report(conn, days=days)
+    _print_rows(rows, fmt)

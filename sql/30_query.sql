@@ -20,6 +20,16 @@ $$;
 comment on function recsql._pair_scores("char", integer[], double precision[]) is
     'Similarity-weighted contributions of source items to the items on their neighbour lists';
 
+-- A query-time parameter: the transaction's override (set by the server for a user in an A/B test,
+-- see recsql.assign_model) or else the settings value.
+create function recsql._query_param(p_key text, p_default text) returns text
+language sql stable parallel safe as $$
+    select coalesce(nullif(current_setting('recsql.' || p_key, true), ''), p_default)
+$$;
+
+comment on function recsql._query_param(text, text) is
+    'Transaction-local override recsql.<key> of a query-time parameter, else the given settings value';
+
 -- A user's own id followed by the anonymous ids linked to it: their events count as the user's.
 create function recsql._user_ids(p_user_id text) returns text[]
 language sql stable parallel safe as $$
@@ -34,7 +44,10 @@ create function recsql._user_sources(p_user_id text)
 returns table (item_key integer, item_id text, weight double precision, converted boolean)
 language sql stable parallel safe as $$
     with s as (
-        select * from recsql.settings
+        select recsql._query_param('history_length', st.history_length::text)::integer as history_length,
+               recsql._query_param('history_half_life', st.history_half_life::text)::double precision
+                   as history_half_life
+        from recsql.settings st
     ), recent as (
         select e.item_id, e.event_type, e.value,
                (row_number() over (order by e.xid desc, e.seq desc) - 1)::integer as rank
@@ -118,7 +131,9 @@ create function recsql._rank(p_sources integer[], p_weights double precision[], 
 returns table (item_id text, score double precision, reason text)
 language sql stable as $$
     with s as (
-        select embedding_weight as w, greatest(4 * p_k, 50) as pool from recsql.settings
+        select recsql._query_param('embedding_weight', embedding_weight::text)::double precision as w,
+               greatest(4 * p_k, 50) as pool
+        from recsql.settings
     ), contributions as materialized (
         select ps.item_key, ps.source_key, ps.contribution
         from recsql._pair_scores('v', p_sources, p_weights) ps
@@ -238,7 +253,8 @@ declare
     v_half_life double precision;
 begin
     perform recsql._check_k(k);
-    select history_half_life into v_half_life from recsql.settings;
+    select recsql._query_param('history_half_life', history_half_life::text)::double precision
+    into v_half_life from recsql.settings;
     select coalesce(array_agg(i.item_key), '{}'),
            coalesce(array_agg(power(2::double precision, -(cardinality(item_ids) - u.pos) / v_half_life)), '{}')
     into v_sources, v_weights
@@ -299,7 +315,8 @@ begin
         return query select n.item_id, n.score, n.together from recsql._neighbors('v', p_item_id, p_k) n;
         return;
     end if;
-    select embedding_weight into v_weight from recsql.settings;
+    select recsql._query_param('embedding_weight', embedding_weight::text)::double precision
+    into v_weight from recsql.settings;
     v_warm := exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = v_key);
     v_pool := greatest(4 * p_k, 50);
     return query

@@ -241,6 +241,7 @@ begin
         return 'already active';
     end if;
     v_how := recsql.apply_params(v_model.params);
+    delete from recsql.model_traffic;  -- a test compares candidates with the active model: it ends here
     update recsql.models set status = 'retired', retired_at = now() where status = 'active';
     update recsql.models set status = 'active', promoted_at = now(), retired_at = null where name = p_name;
     return v_how;
@@ -258,3 +259,94 @@ language sql stable as $$
 $$;
 
 comment on function recsql.previous_model() is 'The most recently retired model that was once active (rollback target)';
+
+-- Online A/B: candidates that take a share of users; the active model serves everyone else.
+create table recsql.model_traffic (
+    model text constraint model_traffic_pkey primary key
+        constraint model_traffic_model_fkey references recsql.models (name),
+    share double precision not null constraint model_traffic_share_check check (share > 0 and share < 1),
+    started_at timestamptz not null default now()
+);
+
+comment on table recsql.model_traffic is
+    'A/B test: each candidate''s share of users (by a stable hash of the user id); the active model has the rest';
+
+-- Gives a candidate a share of users (0 ends its test). Only candidates whose state-shaping
+-- parameters equal the active model's can be served side by side: they share its derived state.
+create function recsql.set_traffic(p_model text, p_share double precision) returns void
+language plpgsql as $$
+declare
+    v_model recsql.models;
+    v_active jsonb;
+    v_differs text;
+begin
+    lock table recsql.model_traffic in share row exclusive mode;
+    if p_share is null or p_share < 0 or p_share >= 1 then
+        raise exception 'share must be at least 0 and below 1, got %', p_share using errcode = '22023';
+    end if;
+    if p_share = 0 then
+        delete from recsql.model_traffic where model = p_model;
+        return;
+    end if;
+    select * into v_model from recsql.models where name = p_model;
+    if not found or v_model.status <> 'candidate' then
+        raise exception 'only a candidate model can take traffic; % is %', p_model, coalesce(v_model.status, 'unknown')
+            using errcode = '22023';
+    end if;
+    select params into v_active from recsql.models where status = 'active';
+    select string_agg(m.key, ', ' order by m.key) into v_differs
+    from recsql.model_parameters m
+    where m.shapes_state and (v_model.params -> m.key) is distinct from (v_active -> m.key);
+    if v_differs is not null then
+        raise exception '% changes % (derived state), so it cannot be served beside the active model', p_model, v_differs
+            using errcode = '22023',
+                  hint = 'Evaluate it offline (recsql evaluate) and promote it; online tests cover query-time parameters.';
+    end if;
+    insert into recsql.model_traffic (model, share) values (p_model, p_share)
+    on conflict (model) do update set share = excluded.share;
+    if (select count(*) from recsql.model_traffic) > 2 then
+        raise exception 'at most two candidates take traffic at a time' using errcode = '22023';
+    end if;
+    if (select sum(share) from recsql.model_traffic) >= 1 then
+        raise exception 'candidate shares add up to %, leaving nothing for the active model',
+            (select sum(share) from recsql.model_traffic) using errcode = '22023';
+    end if;
+end
+$$;
+
+comment on function recsql.set_traffic(text, double precision) is
+    'Gives a candidate a share of users for an online test (0 ends it); at most two, shares below 1 in all';
+
+-- The model that serves a user: a stable hash of the id picks a bucket in [0, 1).
+create function recsql.assign_model(p_user_id text) returns text
+language sql stable parallel safe as $$
+    with bucket as (
+        select ('x' || substr(md5(coalesce(p_user_id, '')), 1, 8))::bit(32)::bigint / 4294967296.0 as b
+    ), ranges as (
+        select model, sum(share) over (order by model) as upto from recsql.model_traffic
+    )
+    select coalesce(
+        (select r.model from ranges r, bucket where bucket.b < r.upto order by r.upto limit 1),
+        (select name from recsql.models where status = 'active'))
+$$;
+
+comment on function recsql.assign_model(text) is 'The model serving a user in the current A/B split (stable per user id)';
+
+-- Served lists, clicks, conversions and revenue per model over a time window.
+create function recsql.model_outcomes(p_since timestamptz default now() - interval '14 days')
+returns table (model text, lists_served bigint, lists_clicked bigint, lists_converted bigint, revenue numeric)
+language sql stable as $$
+    select coalesce(l.model, (select name from recsql.models where status = 'active')),
+           count(*),
+           count(*) filter (where exists (select 1 from recsql.events e
+                                          where e.recommendation_id = l.recommendation_id and e.event_type = 'click')),
+           count(*) filter (where exists (select 1 from recsql.events e join recsql.event_types t on t.name = e.event_type
+                                          where e.recommendation_id = l.recommendation_id and t.is_conversion)),
+           coalesce(sum((select sum(r.revenue) from recsql.recommendation_events r
+                         where r.recommendation_id = l.recommendation_id and r.is_conversion)), 0)
+    from recsql.recommendation_log l
+    where l.served_at >= p_since
+    group by 1
+$$;
+
+comment on function recsql.model_outcomes(timestamptz) is 'Lists served, clicked and converted, and revenue, per model since a time';

@@ -1,4 +1,241 @@
--- 0004: model versions, their parameters, and offline evaluation results. Frozen: never edit after release.
+-- 0004: model versions, their parameters, offline evaluation results, online A/B traffic, and
+-- query-time parameter overrides for the served model. Frozen: never edit after release.
+
+create function recsql._query_param(p_key text, p_default text) returns text
+language sql stable parallel safe as $$
+    select coalesce(nullif(current_setting('recsql.' || p_key, true), ''), p_default)
+$$;
+
+
+comment on function recsql._query_param(text, text) is
+    'Transaction-local override recsql.<key> of a query-time parameter, else the given settings value';
+
+create or replace function recsql._user_sources(p_user_id text)
+returns table (item_key integer, item_id text, weight double precision, converted boolean)
+language sql stable parallel safe as $$
+    with s as (
+        select recsql._query_param('history_length', st.history_length::text)::integer as history_length,
+               recsql._query_param('history_half_life', st.history_half_life::text)::double precision
+                   as history_half_life
+        from recsql.settings st
+    ), recent as (
+        select e.item_id, e.event_type, e.value,
+               (row_number() over (order by e.xid desc, e.seq desc) - 1)::integer as rank
+        from (
+            -- One ordered index scan per id (the user and any linked anonymous ids), then merged.
+            select e.item_id, e.event_type, e.value, e.xid, e.seq
+            from unnest(recsql._user_ids(p_user_id)) as ids(id)
+            cross join lateral (
+                select x.item_id, x.event_type, x.value, x.xid, x.seq
+                from recsql.events x
+                where x.user_id = ids.id
+                order by x.xid desc, x.seq desc
+                limit (select history_length from s)
+            ) e
+            order by e.xid desc, e.seq desc
+            limit (select history_length from s)
+        ) e
+    ), per_type as (
+        select r.item_id, r.event_type, count(*) as n, avg(r.value) as mean_value, min(r.rank) as rank
+        from recent r
+        group by r.item_id, r.event_type
+    ), per_item as (
+        select pt.item_id,
+               sum(t.weight * ln(1 + pt.n) / ln(2)
+                   * case when t.value_max is null then 1 else coalesce(pt.mean_value / t.value_max, 1) end) as strength,
+               min(pt.rank) as rank,
+               bool_or(t.is_conversion) as converted
+        from per_type pt
+        join recsql.event_types t on t.name = pt.event_type
+        group by pt.item_id
+    )
+    select i.item_key,
+           p.item_id,
+           greatest(p.strength, 0) * power(2::double precision, -p.rank / s.history_half_life),
+           p.converted
+    from per_item p
+    cross join s
+    left join recsql.items i on i.item_id = p.item_id
+$$;
+
+
+comment on function recsql._user_sources(text) is
+    'Weights of the items in the user''s recent history: damped per-type counts times recency';
+
+create or replace function recsql._rank(p_sources integer[], p_weights double precision[], p_excluded integer[], p_k integer,
+                             p_category text, p_in_stock_only boolean)
+returns table (item_id text, score double precision, reason text)
+language sql stable as $$
+    with s as (
+        select recsql._query_param('embedding_weight', embedding_weight::text)::double precision as w,
+               greatest(4 * p_k, 50) as pool
+        from recsql.settings
+    ), contributions as materialized (
+        select ps.item_key, ps.source_key, ps.contribution
+        from recsql._pair_scores('v', p_sources, p_weights) ps
+        where ps.item_key <> all (p_excluded)
+    ), cooc as materialized (
+        select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key
+    ), emb as materialized (
+        select x.item_key, x.similarity
+        from s
+        cross join lateral recsql._embedding_scores(
+            p_sources, p_weights, s.pool,
+            array(select c.item_key from cooc c order by c.score desc, c.item_key limit (select pool from s))) x
+        where s.w > 0 and x.item_key <> all (p_excluded)
+    ), scored as (
+        select coalesce(c.item_key, e.item_key) as item_key,
+               case when not exists (select 1 from emb) then c.score
+                    else (1 - s.w) * coalesce(c.score / nullif((select max(score) from cooc), 0), 0)
+                         + s.w * coalesce(e.similarity, 0) end as score,
+               c.item_key is null as by_embedding
+        from cooc c
+        full join emb e on e.item_key = c.item_key
+        cross join s
+    ), personal as (
+        -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
+        select sc.item_key, sc.score, sc.by_embedding
+        from scored sc
+        where sc.item_key not in (select h.item_key from recsql.items h where h.hidden_at is not null)
+          and ((p_category is null and not p_in_stock_only)
+           or exists (select 1 from recsql.items i
+                      where i.item_key = sc.item_key
+                        and (p_category is null or i.category = p_category)
+                        and (not p_in_stock_only or i.in_stock)))
+        order by sc.score desc, sc.item_key
+        limit p_k
+    ), fill as (
+        select st.item_key, st.popularity
+        from recsql.item_stats st
+        join recsql.items i on i.item_key = st.item_key
+        where st.popularity > 0
+          and i.hidden_at is null
+          and (p_category is null or i.category = p_category)
+          and (not p_in_stock_only or i.in_stock)
+          and st.item_key <> all (p_excluded)
+          and st.item_key not in (select item_key from personal)
+        order by st.popularity desc, st.item_key
+        limit p_k
+    )
+    select r.item_id, r.score, r.reason
+    from (
+        select i.item_id, p.score,
+               coalesce('similar to ' || src.item_id, 'matches your taste') as reason,
+               0 as grp, p.score as ord, p.item_key
+        from personal p
+        join recsql.items i on i.item_key = p.item_key
+        left join lateral (
+            select c.source_key from contributions c
+            where c.item_key = p.item_key
+            order by c.contribution desc, c.source_key
+            limit 1
+        ) top on true
+        left join recsql.items src on src.item_key = top.source_key
+        union all
+        select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
+        from fill f join recsql.items i on i.item_key = f.item_key
+    ) r
+    order by r.grp, r.ord desc, r.item_key
+    limit p_k
+$$;
+
+
+comment on function recsql._rank(integer[], double precision[], integer[], integer, text, boolean) is
+    'Shared ranking of recommend() and session_recommend(): co-occurrence blended with embeddings, then trending fill';
+
+create or replace function recsql._similar(p_item_id text, p_k integer, p_method text)
+returns table (item_id text, score double precision, together integer)
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_key integer;
+    v_method text := p_method;
+    v_weight double precision;
+    v_warm boolean;
+    v_pool integer;
+begin
+    perform recsql._check_k(p_k);
+    if v_method is not null and v_method not in ('cooccurrence', 'embedding', 'hybrid') then
+        raise exception 'method must be cooccurrence, embedding or hybrid, got "%"', v_method
+            using errcode = '22023';
+    end if;
+    select i.item_key into v_key from recsql.items i where i.item_id = p_item_id;
+    if v_key is null then
+        return;
+    end if;
+    if v_method is null then
+        -- hybrid when the item has a vector (cold items then still get neighbours)
+        v_method := case when exists (select 1 from recsql.item_embeddings e where e.item_key = v_key)
+                         then 'hybrid' else 'cooccurrence' end;
+    end if;
+    if v_method = 'cooccurrence' then
+        return query select n.item_id, n.score, n.together from recsql._neighbors('v', p_item_id, p_k) n;
+        return;
+    end if;
+    select recsql._query_param('embedding_weight', embedding_weight::text)::double precision
+    into v_weight from recsql.settings;
+    v_warm := exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = v_key);
+    v_pool := greatest(4 * p_k, 50);
+    return query
+    with cooc as (
+        select u.neighbor as item_key, u.score, u.together
+        from recsql.neighbor_lists l
+        cross join lateral unnest(l.neighbors, l.scores, l.together) as u(neighbor, score, together)
+        where l.kind = 'v' and l.item_key = v_key
+    ), emb as (
+        select x.item_key, x.similarity
+        from recsql._embedding_scores(array[v_key], array[1::double precision], v_pool,
+                                      array(select c.item_key from cooc c)) x
+    ), scored as (
+        select coalesce(c.item_key, e.item_key) as item_key,
+               case when v_method = 'embedding' or not v_warm then coalesce(e.similarity, 0)
+                    else (1 - v_weight) * coalesce(c.score / nullif((select max(score) from cooc), 0), 0)
+                         + v_weight * coalesce(e.similarity, 0) end as score,
+               c.together
+        from cooc c
+        full join emb e on e.item_key = c.item_key
+    )
+    select i.item_id, sc.score, coalesce(sc.together, 0)
+    from scored sc
+    join recsql.items i on i.item_key = sc.item_key
+    where sc.item_key <> v_key and i.hidden_at is null
+      and (v_method <> 'embedding' or sc.score > 0)
+    order by sc.score desc, sc.item_key
+    limit p_k;
+end
+$$;
+
+
+comment on function recsql._similar(text, integer, text) is
+    'Similar items by co-occurrence, embeddings, or both blended (hybrid)';
+
+create or replace function recsql.session_recommend(item_ids text[], k integer default 10, category text default null,
+                                         in_stock_only boolean default false)
+returns table (item_id text, score double precision, reason text)
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_sources integer[];
+    v_weights double precision[];
+    v_half_life double precision;
+begin
+    perform recsql._check_k(k);
+    select recsql._query_param('history_half_life', history_half_life::text)::double precision
+    into v_half_life from recsql.settings;
+    select coalesce(array_agg(i.item_key), '{}'),
+           coalesce(array_agg(power(2::double precision, -(cardinality(item_ids) - u.pos) / v_half_life)), '{}')
+    into v_sources, v_weights
+    from unnest(coalesce(item_ids, '{}')) with ordinality as u(id, pos)
+    join recsql.items i on i.item_id = u.id;
+    return query
+    select r.item_id, r.score, r.reason
+    from recsql._rank(v_sources, v_weights, v_sources, k, category, coalesce(in_stock_only, false)) r;
+end
+$$;
+
+
+comment on function recsql.session_recommend(text[], integer, text, boolean) is
+    'Recommendations for an anonymous session from the items it viewed, most recent last';
 
 -- Model versions and offline evaluations. A model is a named, immutable set of parameters: the
 -- knobs of recsql.settings that shape recommendations, and the event-type weights.
@@ -243,6 +480,7 @@ begin
         return 'already active';
     end if;
     v_how := recsql.apply_params(v_model.params);
+    delete from recsql.model_traffic;  -- a test compares candidates with the active model: it ends here
     update recsql.models set status = 'retired', retired_at = now() where status = 'active';
     update recsql.models set status = 'active', promoted_at = now(), retired_at = null where name = p_name;
     return v_how;
@@ -260,3 +498,94 @@ language sql stable as $$
 $$;
 
 comment on function recsql.previous_model() is 'The most recently retired model that was once active (rollback target)';
+
+-- Online A/B: candidates that take a share of users; the active model serves everyone else.
+create table recsql.model_traffic (
+    model text constraint model_traffic_pkey primary key
+        constraint model_traffic_model_fkey references recsql.models (name),
+    share double precision not null constraint model_traffic_share_check check (share > 0 and share < 1),
+    started_at timestamptz not null default now()
+);
+
+comment on table recsql.model_traffic is
+    'A/B test: each candidate''s share of users (by a stable hash of the user id); the active model has the rest';
+
+-- Gives a candidate a share of users (0 ends its test). Only candidates whose state-shaping
+-- parameters equal the active model's can be served side by side: they share its derived state.
+create function recsql.set_traffic(p_model text, p_share double precision) returns void
+language plpgsql as $$
+declare
+    v_model recsql.models;
+    v_active jsonb;
+    v_differs text;
+begin
+    lock table recsql.model_traffic in share row exclusive mode;
+    if p_share is null or p_share < 0 or p_share >= 1 then
+        raise exception 'share must be at least 0 and below 1, got %', p_share using errcode = '22023';
+    end if;
+    if p_share = 0 then
+        delete from recsql.model_traffic where model = p_model;
+        return;
+    end if;
+    select * into v_model from recsql.models where name = p_model;
+    if not found or v_model.status <> 'candidate' then
+        raise exception 'only a candidate model can take traffic; % is %', p_model, coalesce(v_model.status, 'unknown')
+            using errcode = '22023';
+    end if;
+    select params into v_active from recsql.models where status = 'active';
+    select string_agg(m.key, ', ' order by m.key) into v_differs
+    from recsql.model_parameters m
+    where m.shapes_state and (v_model.params -> m.key) is distinct from (v_active -> m.key);
+    if v_differs is not null then
+        raise exception '% changes % (derived state), so it cannot be served beside the active model', p_model, v_differs
+            using errcode = '22023',
+                  hint = 'Evaluate it offline (recsql evaluate) and promote it; online tests cover query-time parameters.';
+    end if;
+    insert into recsql.model_traffic (model, share) values (p_model, p_share)
+    on conflict (model) do update set share = excluded.share;
+    if (select count(*) from recsql.model_traffic) > 2 then
+        raise exception 'at most two candidates take traffic at a time' using errcode = '22023';
+    end if;
+    if (select sum(share) from recsql.model_traffic) >= 1 then
+        raise exception 'candidate shares add up to %, leaving nothing for the active model',
+            (select sum(share) from recsql.model_traffic) using errcode = '22023';
+    end if;
+end
+$$;
+
+comment on function recsql.set_traffic(text, double precision) is
+    'Gives a candidate a share of users for an online test (0 ends it); at most two, shares below 1 in all';
+
+-- The model that serves a user: a stable hash of the id picks a bucket in [0, 1).
+create function recsql.assign_model(p_user_id text) returns text
+language sql stable parallel safe as $$
+    with bucket as (
+        select ('x' || substr(md5(coalesce(p_user_id, '')), 1, 8))::bit(32)::bigint / 4294967296.0 as b
+    ), ranges as (
+        select model, sum(share) over (order by model) as upto from recsql.model_traffic
+    )
+    select coalesce(
+        (select r.model from ranges r, bucket where bucket.b < r.upto order by r.upto limit 1),
+        (select name from recsql.models where status = 'active'))
+$$;
+
+comment on function recsql.assign_model(text) is 'The model serving a user in the current A/B split (stable per user id)';
+
+-- Served lists, clicks, conversions and revenue per model over a time window.
+create function recsql.model_outcomes(p_since timestamptz default now() - interval '14 days')
+returns table (model text, lists_served bigint, lists_clicked bigint, lists_converted bigint, revenue numeric)
+language sql stable as $$
+    select coalesce(l.model, (select name from recsql.models where status = 'active')),
+           count(*),
+           count(*) filter (where exists (select 1 from recsql.events e
+                                          where e.recommendation_id = l.recommendation_id and e.event_type = 'click')),
+           count(*) filter (where exists (select 1 from recsql.events e join recsql.event_types t on t.name = e.event_type
+                                          where e.recommendation_id = l.recommendation_id and t.is_conversion)),
+           coalesce(sum((select sum(r.revenue) from recsql.recommendation_events r
+                         where r.recommendation_id = l.recommendation_id and r.is_conversion)), 0)
+    from recsql.recommendation_log l
+    where l.served_at >= p_since
+    group by 1
+$$;
+
+comment on function recsql.model_outcomes(timestamptz) is 'Lists served, clicked and converted, and revenue, per model since a time';
