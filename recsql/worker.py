@@ -18,7 +18,30 @@ log = logging.getLogger("recsql.worker")
 MAINTAIN_EVERY_S = 3600.0
 
 
-class Folder:
+class Loop:
+    """A loop that runs in the foreground (``run``) or in a daemon thread, until ``stop()``."""
+
+    thread_name = "recsql-loop"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def start_thread(self) -> None:
+        """Run the loop in a daemon thread (used by `recsql demo` and `recsql serve --with-worker`)."""
+        self._thread = threading.Thread(target=self.run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+
+class Folder(Loop):
     """Folds events and refreshes neighbour lists in rounds: every ``round_s`` while there is work,
     every ``idle_s`` when there is none.
 
@@ -27,6 +50,8 @@ class Folder:
     trickle of events be folded in batches instead of one fold per event, which keeps the
     folder from taking a whole core away from the writers; state lags by at most about one round.
     """
+
+    thread_name = "recsql-folder"
 
     def __init__(
         self,
@@ -37,24 +62,13 @@ class Folder:
         lists_per_round: int = 5000,
         on_fold: Callable[[int, float], None] | None = None,
     ) -> None:
+        super().__init__()
         self.url = url
         self.idle_s = idle_s
         self.round_s = round_s
         self.lists_per_round = lists_per_round
         self.on_fold = on_fold
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.folded = 0
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def start_thread(self) -> None:
-        """Run the loop in a daemon thread (used by `recsql demo` and `recsql serve`)."""
-        self._thread = threading.Thread(target=self.run, name="recsql-folder", daemon=True)
-        self._thread.start()
 
     @staticmethod
     def _maintenance_due(conn: psycopg.Connection[Any]) -> bool:

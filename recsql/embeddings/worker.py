@@ -13,7 +13,6 @@ Without notifications the loop still polls every ``idle_s``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import psycopg
 from recsql import db
 from recsql.embeddings import behavior, store, text
 from recsql.errors import RecsqlError
+from recsql.worker import Loop
 
 log = logging.getLogger("recsql.embeddings")
 
@@ -31,8 +31,10 @@ BEHAVIOR_FIT_LOCK = 7274006961524951346  # one full refit at a time, across work
 MIN_FIT_ITEMS = 20
 
 
-class Embedder:
+class Embedder(Loop):
     """Keeps item vectors fresh until stop() is called."""
+
+    thread_name = "recsql-embedder"
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class Embedder:
         on_batch: Callable[[str, int, float], None] | None = None,
         encoder: text.TextEncoder | None = None,
     ) -> None:
+        super().__init__()
         self.url = url
         self.batch = batch
         self.idle_s = idle_s
@@ -57,19 +60,6 @@ class Embedder:
         self._encoder: text.TextEncoder | None = encoder  # shared by tests; loaded by run() otherwise
         self._text_disabled: str | None = None
         self._last_behavior_check = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def start_thread(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="recsql-embedder", daemon=True)
-        self._thread.start()
 
     def run(self) -> None:
         """Work until stop(); reconnect after database errors."""
