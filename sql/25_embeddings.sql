@@ -132,13 +132,8 @@ comment on function recsql.queue_behavior_refresh(integer) is
 -- Sum of vectors scaled by weights (pgvector has no scalar product); only its direction matters.
 create function recsql._weighted_sum(p_vectors vector[], p_weights double precision[]) returns vector
 language sql immutable parallel safe as $$
-    select array_agg(s.total::real order by s.i)::vector
-    from (
-        select u.i, sum(u.x * w.w) as total
-        from unnest(p_vectors, p_weights) as w(v, w)
-        cross join lateral unnest(w.v::real[]) with ordinality as u(x, i)
-        group by u.i
-    ) s
+    select sum(x.v * array_fill(x.w::real, array[vector_dims(x.v)])::vector)
+    from unnest(p_vectors, p_weights) as x(v, w)
 $$;
 
 comment on function recsql._weighted_sum(vector[], double precision[]) is
@@ -147,7 +142,7 @@ comment on function recsql._weighted_sum(vector[], double precision[]) is
 -- Nearest items to a vector in one space, through that space's HNSW index.
 create function recsql._embedding_neighbors(p_space text, p_query vector, p_k integer)
 returns table (item_key integer, similarity double precision)
-language plpgsql stable as $$
+language plpgsql stable rows 50 as $$
 declare
     v_dim integer;
 begin
@@ -174,7 +169,7 @@ comment on function recsql._embedding_neighbors(text, vector, integer) is
 create function recsql._embedding_scores(p_sources integer[], p_weights double precision[], p_n integer,
                                          p_extra integer[] default '{}')
 returns table (item_key integer, similarity double precision)
-language sql stable as $$
+language sql stable rows 100 as $$
     with src as (
         select x.k, max(x.w) as w from unnest(p_sources, p_weights) as x(k, w) where x.w > 0 group by x.k
     ), taste as (

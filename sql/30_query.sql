@@ -215,7 +215,7 @@ create function recsql.recommend(
     exclude_purchased boolean default true,
     exclude_seen boolean default false
 ) returns table (item_id text, score double precision, reason text)
-language plpgsql stable as $$
+language plpgsql stable rows 10 as $$
 #variable_conflict use_column
 declare
     v_sources integer[];
@@ -245,7 +245,7 @@ comment on function recsql.recommend(text, integer, text, boolean, boolean, bool
 create function recsql.session_recommend(item_ids text[], k integer default 10, category text default null,
                                          in_stock_only boolean default false)
 returns table (item_id text, score double precision, reason text)
-language plpgsql stable as $$
+language plpgsql stable rows 10 as $$
 #variable_conflict use_column
 declare
     v_sources integer[];
@@ -288,7 +288,7 @@ comment on function recsql._neighbors("char", text, integer) is 'Top of an item'
 -- Similar items by one method; similar_items() is its public face.
 create function recsql._similar(p_item_id text, p_k integer, p_method text)
 returns table (item_id text, score double precision, together integer)
-language plpgsql stable as $$
+language plpgsql stable rows 10 as $$
 #variable_conflict use_column
 declare
     v_key integer;
@@ -354,7 +354,7 @@ comment on function recsql._similar(text, integer, text) is
 -- Items similar to the given one: by co-occurrence, by embeddings, or (hybrid) both blended.
 create function recsql.similar_items(item_id text, k integer default 10, method text default null)
 returns table (item_id text, score double precision, together integer)
-language sql stable as $$
+language sql stable rows 10 as $$
     select s.item_id, s.score, s.together
     from recsql._similar(similar_items.item_id, similar_items.k, similar_items.method) s
 $$;

@@ -8,12 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
-from jsonschema import Draft202012Validator
 
 from recsql import api, serving
 from web import body, metrics, pool, schemas
 from web.errors import ApiError, from_recsql
-from web.spec import check, operation, validate
+from web.spec import BodyValidator, operation, validate
 
 bp = Blueprint("tracking", __name__)
 
@@ -21,7 +20,7 @@ COOKIE = "recsql_aid"
 HEADER = "X-Anonymous-Id"
 _COOKIE_AGE = 365 * 24 * 3600
 _ID = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,256}$")
-_EVENT = Draft202012Validator(schemas.EVENT)
+_EVENT = BodyValidator(schemas.EVENT)
 _TYPES = (body.JSON, body.BEACON)
 
 
@@ -147,7 +146,7 @@ def track_batch() -> Response:
     results: list[dict[str, Any] | None] = [None] * len(docs)
     valid: list[tuple[int, serving.Event]] = []
     for i, ev_doc in enumerate(docs):
-        problem = check(_EVENT, ev_doc, f"[{i}]")
+        problem = _EVENT.problem(ev_doc, f"[{i}]")
         if problem is None:
             try:
                 user_id = ev_doc.get("userId")

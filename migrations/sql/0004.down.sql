@@ -223,6 +223,122 @@ $$;
 comment on function recsql.session_recommend(text[], integer, text, boolean) is
     'Recommendations for an anonymous session from the items it viewed, most recent last';
 
+create or replace function recsql.recommend(
+    user_id text,
+    k integer default 10,
+    category text default null,
+    in_stock_only boolean default false,
+    exclude_purchased boolean default true,
+    exclude_seen boolean default false
+) returns table (item_id text, score double precision, reason text)
+language plpgsql stable as $$
+#variable_conflict use_column
+declare
+    v_sources integer[];
+    v_weights double precision[];
+    v_excluded integer[];
+begin
+    perform recsql._check_k(k);
+    if recommend.user_id is null then
+        raise exception 'recommend needs a user id' using errcode = '22004';
+    end if;
+    select coalesce(array_agg(s.item_key), '{}'), coalesce(array_agg(s.weight), '{}')
+    into v_sources, v_weights
+    from recsql._user_sources(recommend.user_id) s
+    where s.item_key is not null;
+    select coalesce(array_agg(x.item_key), '{}') into v_excluded
+    from recsql._user_excluded(recommend.user_id, coalesce(exclude_purchased, true), coalesce(exclude_seen, false)) x;
+    return query
+    select r.item_id, r.score, r.reason
+    from recsql._rank(v_sources, v_weights, v_excluded, k, category, coalesce(in_stock_only, false)) r;
+end
+$$;
+
+
+comment on function recsql.recommend(text, integer, text, boolean, boolean, boolean) is
+    'Personalised recommendations: co-occurrence neighbours of the user''s recent items, trending as fallback';
+
+create or replace function recsql.similar_items(item_id text, k integer default 10, method text default null)
+returns table (item_id text, score double precision, together integer)
+language sql stable as $$
+    select s.item_id, s.score, s.together
+    from recsql._similar(similar_items.item_id, similar_items.k, similar_items.method) s
+$$;
+
+
+
+comment on function recsql.similar_items(text, integer, text) is
+    'Similar items by method cooccurrence, embedding or hybrid (default: hybrid when the item has a vector)';
+
+create or replace function recsql._weighted_sum(p_vectors vector[], p_weights double precision[]) returns vector
+language sql immutable parallel safe as $$
+    select array_agg(s.total::real order by s.i)::vector
+    from (
+        select u.i, sum(u.x * w.w) as total
+        from unnest(p_vectors, p_weights) as w(v, w)
+        cross join lateral unnest(w.v::real[]) with ordinality as u(x, i)
+        group by u.i
+    ) s
+$$;
+
+
+comment on function recsql._weighted_sum(vector[], double precision[]) is
+    'Weighted sum of vectors: the direction of a recency-weighted taste';
+
+create or replace function recsql._embedding_neighbors(p_space text, p_query vector, p_k integer)
+returns table (item_key integer, similarity double precision)
+language plpgsql stable as $$
+declare
+    v_dim integer;
+begin
+    select dim into v_dim from recsql.embedding_spaces where name = p_space and enabled;
+    if v_dim is null or p_query is null or vector_dims(p_query) <> v_dim then
+        return;
+    end if;
+    -- The index returns about ef_search candidates: keep it above k.
+    perform set_config('hnsw.ef_search', greatest(40, least(1000, 2 * p_k))::text, true);
+    return query execute format(
+        'select e.item_key, 1 - (e.embedding::vector(%1$s) <=> $1::vector(%1$s))'
+        ' from recsql.item_embeddings e where e.space = %2$L'
+        ' order by e.embedding::vector(%1$s) <=> $1::vector(%1$s) limit $2', v_dim, p_space)
+    using p_query, p_k;
+end
+$$;
+
+
+comment on function recsql._embedding_neighbors(text, vector, integer) is
+    'Approximate nearest items (HNSW, cosine) to a vector in one embedding space';
+
+create or replace function recsql._embedding_scores(p_sources integer[], p_weights double precision[], p_n integer,
+                                         p_extra integer[] default '{}')
+returns table (item_key integer, similarity double precision)
+language sql stable as $$
+    with src as (
+        select x.k, max(x.w) as w from unnest(p_sources, p_weights) as x(k, w) where x.w > 0 group by x.k
+    ), taste as (
+        select sp.name, sp.weight, recsql._weighted_sum(array_agg(e.embedding), array_agg(src.w)) as v
+        from recsql.embedding_spaces sp
+        join recsql.item_embeddings e on e.space = sp.name
+        join src on src.k = e.item_key
+        where sp.enabled and sp.weight > 0
+        group by sp.name, sp.weight
+    ), candidates as (
+        select n.item_key from taste t cross join lateral recsql._embedding_neighbors(t.name, t.v, p_n) n
+        union
+        select unnest(p_extra)
+    )
+    select c.item_key, sum(t.weight * (1 - (e.embedding <=> t.v))) / (select sum(weight) from taste)
+    from candidates c
+    cross join taste t
+    join recsql.item_embeddings e on e.space = t.name and e.item_key = c.item_key
+    where c.item_key <> all (p_sources)
+    group by c.item_key
+$$;
+
+
+comment on function recsql._embedding_scores(integer[], double precision[], integer, integer[]) is
+    'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste in each space';
+
 drop function recsql._query_param(text, text);
 drop function recsql.model_outcomes(timestamptz);
 drop function recsql.assign_model(text);
