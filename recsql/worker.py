@@ -43,7 +43,8 @@ class Loop:
 
 class Folder(Loop):
     """Folds events and refreshes neighbour lists in rounds: every ``round_s`` while there is work,
-    every ``idle_s`` when there is none.
+    every ``idle_s`` when there is none. While events keep coming, lists are refreshed at most
+    every ``refresh_s``; as soon as a round finds nothing new, at once.
 
     Each round folds everything pending, then refreshes at most ``lists_per_round`` neighbour lists
     (oldest change first), so a burst of events cannot starve folding. Spacing busy rounds lets a
@@ -59,6 +60,7 @@ class Folder(Loop):
         *,
         idle_s: float = 0.1,
         round_s: float = 0.25,
+        refresh_s: float = 1.0,
         lists_per_round: int = 5000,
         on_fold: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -66,6 +68,7 @@ class Folder(Loop):
         self.url = url
         self.idle_s = idle_s
         self.round_s = round_s
+        self.refresh_s = refresh_s
         self.lists_per_round = lists_per_round
         self.on_fold = on_fold
         self.folded = 0
@@ -89,12 +92,19 @@ class Folder(Loop):
                     # rows it consumed commit together, so a fold lost in a crash is simply redone.
                     # Writers' commits then do not queue behind the folder's WAL flushes.
                     conn.execute("SET synchronous_commit = off")
+                    last_refresh = 0.0
                     while not self._stop.is_set():
                         if self._maintenance_due(conn):
                             api.maintain(conn)
                         started = time.perf_counter()
                         n = api.fold(conn)
-                        refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                        # Under steady traffic the same popular items' lists are marked again
+                        # every round: refreshing them at most every refresh_s (and at once when
+                        # the events stop) does the work once for many events.
+                        refreshed = 0
+                        if n == 0 or started - last_refresh >= self.refresh_s:
+                            refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                            last_refresh = started
                         elapsed = time.perf_counter() - started
                         if n:
                             self.folded += n
