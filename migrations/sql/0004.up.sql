@@ -68,7 +68,7 @@ returns table (item_id text, score double precision, reason text)
 language sql stable as $$
     with s as (
         select recsql._query_param('embedding_weight', embedding_weight::text)::double precision as w,
-               greatest(4 * p_k, 50) as pool
+               greatest(2 * p_k, 20) as pool
         from recsql.settings
     ), contributions as materialized (
         select ps.item_key, ps.source_key, ps.contribution
@@ -250,18 +250,30 @@ language plpgsql stable rows 10 as $$
 declare
     v_sources integer[];
     v_weights double precision[];
+    v_recent_excluded integer[];
     v_excluded integer[];
+    v_purchased boolean := coalesce(exclude_purchased, true);
+    v_seen boolean := coalesce(exclude_seen, false);
 begin
     perform recsql._check_k(k);
     if recommend.user_id is null then
         raise exception 'recommend needs a user id' using errcode = '22004';
     end if;
-    select coalesce(array_agg(s.item_key), '{}'), coalesce(array_agg(s.weight), '{}')
-    into v_sources, v_weights
+    -- The recent history once: sources, and the recent items to leave out (not folded yet).
+    select coalesce(array_agg(s.item_key), '{}'), coalesce(array_agg(s.weight), '{}'),
+           coalesce(array_agg(s.item_key) filter (where v_seen or (v_purchased and s.converted)), '{}')
+    into v_sources, v_weights, v_recent_excluded
     from recsql._user_sources(recommend.user_id) s
     where s.item_key is not null;
-    select coalesce(array_agg(x.item_key), '{}') into v_excluded
-    from recsql._user_excluded(recommend.user_id, coalesce(exclude_purchased, true), coalesce(exclude_seen, false)) x;
+    select coalesce(array_agg(distinct x.item_key), '{}') into v_excluded
+    from (
+        select u.item_key
+        from recsql.user_item_events u
+        join recsql.event_types t on t.name = u.event_type
+        where u.user_id = any (recsql._user_ids(recommend.user_id)) and (v_seen or (v_purchased and t.is_conversion))
+        union all
+        select unnest(v_recent_excluded)
+    ) x;
     return query
     select r.item_id, r.score, r.reason
     from recsql._rank(v_sources, v_weights, v_excluded, k, category, coalesce(in_stock_only, false)) r;
