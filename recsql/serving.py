@@ -193,18 +193,14 @@ def serve(
     rec_id = new_event_id()
     try:
         with conn.transaction():
-            model = _serve_model(conn, user_id)
+            served = conn.execute("SELECT recsql.serve_model(%s) AS model", (user_id,)).fetchone()
+            model = str(served["model"]) if served and served["model"] else None
             rows = list(conn.execute(query, params).fetchall())
             if not rows and item_id is not None and not api.item_exists(conn, item_id):
                 raise NotFound(f"no item {item_id!r} in the catalog", code="item_not_found")
             if log:
-                # A served-list row lost in a crash costs one list's attribution, not an event:
-                # it need not wait for the disk.
-                conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
-                    "INSERT INTO recsql.recommendation_log"
-                    " (recommendation_id, surface, user_id, anchor_item_ids, item_ids, scores, model)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    "SELECT recsql.log_served(%s, %s, %s, %s::text[], %s::text[], %s::real[], %s)",
                     (
                         rec_id,
                         surface,
@@ -218,26 +214,3 @@ def serve(
     except psycopg.Error as exc:
         raise translate(exc) from exc
     return ServedList(rec_id, rows, model)
-
-
-def _serve_model(conn: Conn, user_id: str | None) -> str | None:
-    """The model serving this user (A/B split; lists without a user get the active model). A
-    candidate's query-time parameters are put in force for this transaction only."""
-    row = conn.execute(
-        "SELECT m.name, m.status = 'active' AS active,"
-        " array(SELECT 'recsql.' || p.key FROM recsql.model_parameters p"
-        "       WHERE NOT p.shapes_state AND m.params ? p.key ORDER BY p.key) AS keys,"
-        " array(SELECT m.params ->> p.key FROM recsql.model_parameters p"
-        "       WHERE NOT p.shapes_state AND m.params ? p.key ORDER BY p.key) AS vals"
-        " FROM recsql.models m WHERE m.name = CASE WHEN %(u)s::text IS NULL"
-        "   THEN (SELECT name FROM recsql.models WHERE status = 'active') ELSE recsql.assign_model(%(u)s) END",
-        {"u": user_id},
-    ).fetchone()
-    if row is None:
-        return None
-    if not row["active"] and row["keys"]:
-        conn.execute(
-            "SELECT set_config(k, v, true) FROM unnest(%s::text[], %s::text[]) AS x(k, v)",
-            (row["keys"], row["vals"]),
-        )
-    return str(row["name"])

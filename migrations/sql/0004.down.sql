@@ -339,6 +339,8 @@ $$;
 comment on function recsql._embedding_scores(integer[], double precision[], integer, integer[]) is
     'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste in each space';
 
+drop function recsql.log_served(uuid, text, text, text[], text[], real[], text);
+drop function recsql.serve_model(text);
 drop function recsql._query_param(text, text);
 drop function recsql.model_outcomes(timestamptz);
 drop function recsql.assign_model(text);

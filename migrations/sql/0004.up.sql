@@ -711,3 +711,40 @@ language sql stable as $$
 $$;
 
 comment on function recsql.model_outcomes(timestamptz) is 'Lists served, clicked and converted, and revenue, per model since a time';
+
+-- Picks the model serving a user and puts a candidate's query-time parameters in force for the
+-- caller's transaction only (lists without a user get the active model). Returns its name.
+create function recsql.serve_model(p_user_id text) returns text
+language plpgsql as $$
+declare
+    v_model recsql.models;
+begin
+    select * into v_model from recsql.models
+    where name = case when p_user_id is null then (select name from recsql.models where status = 'active')
+                      else recsql.assign_model(p_user_id) end;
+    if v_model.status = 'candidate' then
+        perform set_config('recsql.' || p.key, v_model.params ->> p.key, true)
+        from recsql.model_parameters p
+        where not p.shapes_state and v_model.params ? p.key;
+    end if;
+    return v_model.name;
+end
+$$;
+
+comment on function recsql.serve_model(text) is
+    'The model serving a user; a candidate''s query-time parameters are set for this transaction only';
+
+-- Records a served list (called in the transaction that computed it).
+create function recsql.log_served(p_id uuid, p_surface text, p_user_id text, p_anchors text[], p_items text[],
+                                  p_scores real[], p_model text) returns void
+language plpgsql as $$
+begin
+    -- A lost row costs one list's attribution, not an event: the commit need not wait for the disk.
+    perform set_config('synchronous_commit', 'off', true);
+    insert into recsql.recommendation_log (recommendation_id, surface, user_id, anchor_item_ids, item_ids, scores, model)
+    values (p_id, p_surface, p_user_id, coalesce(p_anchors, '{}'), p_items, p_scores, p_model);
+end
+$$;
+
+comment on function recsql.log_served(uuid, text, text, text[], text[], real[], text) is
+    'Logs one served list for attribution (asynchronous commit)';
