@@ -92,12 +92,22 @@ class Embedder(Loop):
                 self._last_behavior_check = now
                 n += self.refit_behavior_if_due(conn)
                 conn.execute("SELECT recsql.queue_behavior_refresh()")
-            n += self._drain(conn, "behavior", self._behavior_batch)
+            # A few behaviour batches per round, then back to the text queue: a new product's
+            # vector is what a shopper waits for; behaviour refreshes can trail.
+            n += self._drain(conn, "behavior", self._behavior_batch, max_batches=4)
         return n
 
-    def _drain(self, conn: psycopg.Connection[Any], space_name: str, work: Callable[..., int]) -> int:
+    def _drain(
+        self,
+        conn: psycopg.Connection[Any],
+        space_name: str,
+        work: Callable[..., int],
+        max_batches: int | None = None,
+    ) -> int:
         total = 0
-        while not self._stop.is_set():
+        batches = 0
+        while not self._stop.is_set() and (max_batches is None or batches < max_batches):
+            batches += 1
             started = time.perf_counter()
             with conn.transaction():
                 claimed = store.claim(conn, space_name, self.batch)
