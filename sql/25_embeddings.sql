@@ -165,7 +165,8 @@ comment on function recsql._embedding_neighbors(text, vector, integer) is
 
 -- Embedding similarity of candidate items to a weighted set of source items, over every enabled
 -- space: per space the sources' weighted mean direction (the taste), its nearest items join the
--- candidates, and each candidate's score is the spaces' weighted mean cosine to the taste.
+-- candidates, and each candidate's score is the weighted mean cosine to the taste over the spaces
+-- where the candidate has a vector (a new item with only a text vector is judged on its text).
 create function recsql._embedding_scores(p_sources integer[], p_weights double precision[], p_n integer,
                                          p_extra integer[] default '{}')
 returns table (item_key integer, similarity double precision)
@@ -184,7 +185,7 @@ language sql stable rows 100 as $$
         union
         select unnest(p_extra)
     )
-    select c.item_key, sum(t.weight * (1 - (e.embedding <=> t.v))) / (select sum(weight) from taste)
+    select c.item_key, sum(t.weight * (1 - (e.embedding <=> t.v))) / sum(t.weight)
     from candidates c
     cross join taste t
     join recsql.item_embeddings e on e.space = t.name and e.item_key = c.item_key
@@ -193,7 +194,7 @@ language sql stable rows 100 as $$
 $$;
 
 comment on function recsql._embedding_scores(integer[], double precision[], integer, integer[]) is
-    'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste in each space';
+    'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste, over the spaces they have';
 
 -- Changes a space's dimension: its vectors are dropped and its index rebuilt (the worker refits).
 create function recsql.set_space_dim(p_space text, p_dim integer) returns void

@@ -347,7 +347,7 @@ language sql stable rows 100 as $$
         union
         select unnest(p_extra)
     )
-    select c.item_key, sum(t.weight * (1 - (e.embedding <=> t.v))) / (select sum(weight) from taste)
+    select c.item_key, sum(t.weight * (1 - (e.embedding <=> t.v))) / sum(t.weight)
     from candidates c
     cross join taste t
     join recsql.item_embeddings e on e.space = t.name and e.item_key = c.item_key
@@ -357,7 +357,7 @@ $$;
 
 
 comment on function recsql._embedding_scores(integer[], double precision[], integer, integer[]) is
-    'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste in each space';
+    'Weighted-mean cosine of candidates (nearest neighbours plus p_extra) to the sources'' taste, over the spaces they have';
 
 -- Model versions and offline evaluations. A model is a named, immutable set of parameters: the
 -- knobs of recsql.settings that shape recommendations, and the event-type weights.
