@@ -10,12 +10,23 @@ NDCG@10 (binary relevance), Recall@10 and catalog coverage.
 Settings are chosen on a validation split (the last 20% of each user's training interactions) with
 --sweep; the default run reports test numbers for the chosen settings.
 
+Embeddings (unless --no-embeddings): after the rows above, the worker's code fills both spaces of the
+same database (a forced behaviour refit on the folded training pairs, and all-MiniLM-L6-v2 on each
+movie's title, first genre and "Genres: ..., released YEAR" description) and recommend() is scored
+again for settings.embedding_weight 0 (co-occurrence only), 1 (embedding only) and each of --weights
+(hybrid); the weight is picked on the validation split. Cold start (unless --no-cold-start): 10% of
+the items, drawn with a seed, lose every training event (they keep their titles); for test users with
+held-out interactions on them, recall@10 counted on those items only, for recsql at each weight,
+most-popular, and random lists.
+
     RECSQL_HOME=/tmp/rh-quality python bench/quality.py [--sweep] [--split test|validation]
+    python bench/quality.py --no-embeddings          # the co-occurrence table only, as before
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -32,10 +43,13 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 from scipy import sparse
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The repository first; this folder last, since bench/http.py would shadow the standard library's http
+# that the text model's imports need.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from recsql import db, migrate  # noqa: E402
 
@@ -43,6 +57,8 @@ DATA_DIR = Path("/work/shared/datasets/ml-100k")
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 SWEEP_RESULTS = RESULTS.with_name("quality-sweep.json")
 DATABASE = "recsql_quality"
+# SQL files run in every freshly migrated database (--prototype): changed functions to compare.
+PROTOTYPES: list[Path] = []
 K = 10
 HOLDOUT = 0.2
 
@@ -74,11 +90,16 @@ def load_interactions(data_dir: Path) -> pd.DataFrame:
 
 
 def load_catalog(data_dir: Path) -> pd.DataFrame:
-    """Read ml-100k.item: item id, title and the first listed genre as category."""
+    """Read ml-100k.item: item id, title, the first listed genre as category, and a description
+    naming every genre and the year (the text the text space embeds)."""
     df = pd.read_csv(data_dir / "ml-100k.item", sep="\t", dtype=str, keep_default_na=False)
     df.columns = pd.Index(["item", "title", "year", "genres"])
     df["category"] = df["genres"].str.split(" ").str[0].replace("", None)
-    return df[["item", "title", "category"]]
+    genres = df["genres"].str.split(" ").str.join(", ")
+    df["description"] = ("Genres: " + genres + ".").where(df["genres"] != "", "") + (
+        " Released " + df["year"] + "."
+    ).where(df["year"] != "", "")
+    return df[["item", "title", "category", "description"]]
 
 
 def split_last(df: pd.DataFrame, frac: float = HOLDOUT) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -154,11 +175,13 @@ def fresh_database(server_url: str, name: str) -> str:
 def load_recsql(conn: psycopg.Connection[Any], train: pd.DataFrame, catalog: pd.DataFrame | None) -> int:
     """COPY the catalog and the training ratings (in replay order) into recsql and fold them."""
     if catalog is not None:
-        with conn.cursor() as cur, cur.copy("COPY recsql.items (item_id, title, category) FROM STDIN") as cp:
-            for item, title, category in zip(
-                catalog["item"].tolist(), catalog["title"].tolist(), catalog["category"].tolist(), strict=True
-            ):
-                cp.write_row((str(item), title, category))
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY recsql.items (item_id, title, category, properties) FROM STDIN") as cp,
+        ):
+            columns = [catalog[c].tolist() for c in ("item", "title", "category", "description")]
+            for item, title, category, description in zip(*columns, strict=True):
+                cp.write_row((str(item), title, category, Jsonb({"description": description.strip()})))
     with (
         conn.cursor() as cur,
         cur.copy("COPY recsql.events (event_id, user_id, item_id, event_type, value, ts) FROM STDIN") as cp,
@@ -418,7 +441,10 @@ class RecsqlRunner:
     def __init__(self, server_url: str, split: Split, catalog: pd.DataFrame | None) -> None:
         self.split = split
         started = time.perf_counter()
-        self.conn = psycopg.connect(fresh_database(server_url, DATABASE), autocommit=True)
+        self.url = fresh_database(server_url, DATABASE)
+        self.conn = psycopg.connect(self.url, autocommit=True)
+        for path in PROTOTYPES:
+            self.conn.execute(path.read_text())
         self.schema_settings, self.schema_rating = read_settings(self.conn)
         n = load_recsql(self.conn, split.train, catalog)
         self.conn.execute("ANALYZE")
@@ -464,10 +490,10 @@ def score_baseline(split: Split, matrix: Matrix, kind: str, params: dict[str, An
 
 
 def describe(name: str, s: Scores) -> str:
-    return f"{name:28s} {s.hr:7.4f} {s.ndcg:8.4f} {s.recall:9.4f} {s.coverage:9.3f} {s.seconds:8.1f}"
+    return f"{name:40s} {s.hr:7.4f} {s.ndcg:8.4f} {s.recall:9.4f} {s.coverage:9.3f} {s.seconds:8.1f}"
 
 
-HEADER = f"{'model':28s} {'HR@10':>7s} {'NDCG@10':>8s} {'Recall@10':>9s} {'coverage':>9s} {'seconds':>8s}"
+HEADER = f"{'model':40s} {'HR@10':>7s} {'NDCG@10':>8s} {'Recall@10':>9s} {'coverage':>9s} {'seconds':>8s}"
 
 
 def best_by_ndcg(results: Iterable[tuple[str, Scores]]) -> dict[str, Scores]:
@@ -520,8 +546,10 @@ def evaluate_all(
     catalog: pd.DataFrame | None,
     recsql_configs: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
     baselines: list[tuple[str, str, dict[str, Any]]],
+    embedding_weights: Sequence[float] | None = None,
 ) -> list[tuple[str, Scores]]:
-    """Score each recsql configuration and each baseline on one split."""
+    """Score each recsql configuration and each baseline on one split; with ``embedding_weights``,
+    then fill the embedding spaces and score the last configuration at each weight (score_weights)."""
     split = make_split(df, split_name)
     print(
         f"[{split_name}] {len(split.train)} training interactions, {len(split.heldout)} users, "
@@ -537,6 +565,9 @@ def evaluate_all(
             s.extra["load_seconds"] = round(runner.load_seconds, 2)
             results.append((name, s))
             print(describe(name, s), flush=True)
+        if embedding_weights is not None:
+            _, settings, rating = recsql_configs[-1]
+            results += score_weights(runner, settings, rating, embedding_weights)
     finally:
         runner.close()
     matrix = build_matrix(split.train)
@@ -545,6 +576,271 @@ def evaluate_all(
         results.append((name, s))
         print(describe(name, s), flush=True)
     return results
+
+
+# --- embeddings -----------------------------------------------------------------------------------
+
+EMBEDDING_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
+COLD_FRACTION = 0.1
+COLD_SEED = 7
+
+
+@functools.cache
+def text_encoder() -> Any:
+    """all-MiniLM-L6-v2, loaded once per run; None (and a warning) without the text extra."""
+    from recsql.embeddings import text
+
+    reason = text.unavailable_reason()
+    if reason is not None:
+        print(f"warning: {reason}; only the behaviour space is filled", flush=True)
+        return None
+    return text.TextEncoder(threads=1)
+
+
+def embed(url: str) -> dict[str, Any]:
+    """Fill both spaces with the worker's code: a forced behaviour refit, then the text queue."""
+    from recsql.embeddings.worker import Embedder
+
+    out: dict[str, Any] = {}
+    with db.connection(url) as conn:
+        started = time.perf_counter()
+        out["behavior_items"] = Embedder(url, spaces=("behavior",)).refit_behavior_if_due(conn, force=True)
+        out["behavior_seconds"] = round(time.perf_counter() - started, 2)
+        encoder = text_encoder()
+        if encoder is not None:
+            started = time.perf_counter()
+            out["text_items"] = Embedder(url, spaces=("text",), encoder=encoder).round(conn)
+            out["text_seconds"] = round(time.perf_counter() - started, 2)
+    print(f"  embeddings: {out}", flush=True)
+    return out
+
+
+def set_embedding_weight(conn: psycopg.Connection[Any], weight: float) -> float:
+    """Set settings.embedding_weight; return the previous value."""
+    row = conn.execute(
+        "UPDATE recsql.settings n SET embedding_weight = %s FROM recsql.settings o RETURNING o.embedding_weight",
+        (weight,),
+    ).fetchone()
+    return float(row[0]) if row else weight
+
+
+def weight_configs(weights: Sequence[float]) -> list[tuple[str, float]]:
+    return [("recsql co-occurrence (w=0)", 0.0), ("recsql embedding (w=1)", 1.0)] + [
+        (f"recsql hybrid (w={w:g})", w) for w in weights
+    ]
+
+
+def score_weights(
+    runner: RecsqlRunner,
+    settings: dict[str, Any] | None,
+    rating: dict[str, Any] | None,
+    weights: Sequence[float],
+) -> list[tuple[str, Scores]]:
+    """Fill the embedding spaces, then score recommend() at embedding_weight 0, 1 and each weight."""
+    info = embed(runner.url)
+    rows: list[tuple[str, Scores]] = []
+    schema_weight = set_embedding_weight(runner.conn, 0.0)
+    try:
+        for name, weight in weight_configs(weights):
+            set_embedding_weight(runner.conn, weight)
+            s = runner.score(settings, rating)
+            s.extra |= {"embedding_weight": weight, "embeddings": info}
+            rows.append((name, s))
+            print(describe(name, s), flush=True)
+        rows += one_space_rows(runner, settings, rating)
+    finally:
+        set_embedding_weight(runner.conn, schema_weight)
+    return rows
+
+
+def one_space_rows(
+    runner: RecsqlRunner, settings: dict[str, Any] | None, rating: dict[str, Any] | None
+) -> list[tuple[str, Scores]]:
+    """Embedding only (weight 1) with one space at a time, the other's weight set to 0: what each adds."""
+    weights = dict(runner.conn.execute("SELECT name, weight FROM recsql.embedding_spaces").fetchall())
+    rows: list[tuple[str, Scores]] = []
+    set_embedding_weight(runner.conn, 1.0)
+    try:
+        for space in sorted(weights):
+            for name, weight in weights.items():
+                runner.conn.execute(
+                    "UPDATE recsql.embedding_spaces SET weight = %s WHERE name = %s",
+                    (weight if name == space else 0.0, name),
+                )
+            label = f"recsql embedding, {space} only"
+            s = runner.score(settings, rating)
+            s.extra |= {"embedding_weight": 1.0, "space": space}
+            rows.append((label, s))
+            print(describe(label, s), flush=True)
+    finally:
+        for name, weight in weights.items():
+            runner.conn.execute(
+                "UPDATE recsql.embedding_spaces SET weight = %s WHERE name = %s", (weight, name)
+            )
+    return rows
+
+
+def pick_weight(
+    df: pd.DataFrame,
+    server_url: str,
+    catalog: pd.DataFrame,
+    settings: dict[str, Any],
+    rating: dict[str, Any],
+    weights: Sequence[float],
+) -> tuple[float, list[dict[str, Any]]]:
+    """The hybrid embedding_weight with the best NDCG@10 on the validation split, and every row."""
+    split = make_split(df, "validation")
+    runner = RecsqlRunner(server_url, split, catalog)
+    try:
+        apply_settings(runner.conn, settings, rating)
+        print(HEADER, flush=True)
+        rows = score_weights(runner, settings, rating, weights)
+    finally:
+        runner.close()
+    hybrid = [(s.extra["embedding_weight"], s) for name, s in rows if name.startswith("recsql hybrid")]
+    best = max(hybrid, key=lambda ws: ws[1].ndcg)[0]
+    return best, [{"model": name, "ndcg": s.ndcg, "hr": s.hr, "recall": s.recall} for name, s in rows]
+
+
+def cold_items(df: pd.DataFrame, fraction: float, seed: int) -> set[int]:
+    items = np.sort(df["item"].unique())
+    rng = np.random.default_rng(seed)
+    return set(rng.choice(items, size=round(fraction * len(items)), replace=False).tolist())
+
+
+def random_lists(
+    candidates: np.ndarray, users: Sequence[int], seen: dict[int, set[int]], rng: np.random.Generator
+) -> Recs:
+    """K random candidates per user, none the user saw in training."""
+    recs: Recs = {}
+    for user in users:
+        pool = [int(i) for i in rng.permutation(candidates)[: K + len(seen.get(user, ()))]]
+        recs[user] = [i for i in pool if i not in seen.get(user, set())][:K]
+    return recs
+
+
+def cold_start(
+    df: pd.DataFrame,
+    split_name: str,
+    server_url: str,
+    catalog: pd.DataFrame,
+    settings: dict[str, Any],
+    rating: dict[str, Any],
+    weights: Sequence[float],
+    fraction: float = COLD_FRACTION,
+    seed: int = COLD_SEED,
+    draws: int = 20,
+) -> dict[str, Any]:
+    """Recall@10 on items with no training events at all, for users whose held-out items include them."""
+    base = make_split(df, split_name)
+    cold = cold_items(df, fraction, seed)
+    train = base.train[~base.train["item"].isin(cold)].reset_index(drop=True)
+    trained_users = set(train["user"].tolist())
+    relevant = {u: items & cold for u, items in base.heldout.items() if items & cold and u in trained_users}
+    split = Split(f"{split_name}, cold", train, relevant)
+    print(
+        f"\nCold start: {len(cold)} items ({fraction:.0%}, seed {seed}) without training events;"
+        f" {len(relevant)} test users with {sum(map(len, relevant.values()))} held-out interactions on them",
+        flush=True,
+    )
+    n_catalog = len(catalog)
+    rows: list[tuple[str, Scores]] = []
+    runner = RecsqlRunner(server_url, split, catalog)
+    users = sorted(relevant)
+    try:
+        apply_settings(runner.conn, settings, rating)
+        info = embed(runner.url)
+        print(HEADER, flush=True)
+        for name, weight in weight_configs(weights):
+            set_embedding_weight(runner.conn, weight)
+            s = evaluate(recommend_all(runner.conn, users), relevant, n_catalog)
+            s.extra = {"embedding_weight": weight}
+            rows.append((name, s))
+            print(describe(name, s), flush=True)
+        # Ranking the cold items alone: every other item hidden, at the schema's weight.
+        runner.conn.execute(
+            "UPDATE recsql.items SET hidden_at = now() WHERE item_id <> ALL(%s)", ([str(i) for i in cold],)
+        )
+        set_embedding_weight(runner.conn, 0.2)
+        recs = recommend_all(runner.conn, users)
+        s = evaluate(recs, relevant, n_catalog)
+        s.extra = {
+            "embedding_weight": 0.2,
+            "mean_list_length": float(np.mean([len(recs.get(u, [])) for u in users])),
+        }
+        rows.append(("recsql hybrid (w=0.2), warm items hidden", s))
+        print(describe(rows[-1][0], s), flush=True)
+    finally:
+        runner.close()
+    matrix = build_matrix(train)
+    s = score_baseline(Split(split.name, train, relevant), matrix, "popular", {})
+    rows.append(("most-popular", s))
+    print(describe("most-popular", s), flush=True)
+    seen: dict[int, set[int]] = {}
+    for user, item in zip(train["user"].tolist(), train["item"].tolist(), strict=True):
+        seen.setdefault(user, set()).add(item)
+    rng = np.random.default_rng(seed)
+    everything = catalog["item"].astype("int64").to_numpy()
+    for name, candidates in (
+        ("random, any item", everything),
+        ("random, cold items only", np.array(sorted(cold))),
+    ):
+        draws_scores = [
+            evaluate(random_lists(candidates, users, seen, rng), relevant, n_catalog) for _ in range(draws)
+        ]
+        s = Scores(
+            float(np.mean([d.hr for d in draws_scores])),
+            float(np.mean([d.ndcg for d in draws_scores])),
+            float(np.mean([d.recall for d in draws_scores])),
+            0.0,
+            len(users),
+            extra={"draws": draws},
+        )
+        rows.append((name, s))
+        print(describe(name, s), flush=True)
+    return {
+        "cold_items": len(cold),
+        "fraction": fraction,
+        "seed": seed,
+        "users": len(users),
+        "heldout_on_cold_items": sum(map(len, relevant.values())),
+        "embeddings": info,
+        "metric": "HR/NDCG/Recall@10 with only the user's held-out cold items relevant",
+        "models": [
+            {"model": name, "hr": s.hr, "ndcg": s.ndcg, "recall": s.recall, **s.extra} for name, s in rows
+        ],
+    }
+
+
+def embedding_summary(
+    scores: dict[str, Scores], weights: Sequence[float], chosen: float | None
+) -> dict[str, Any]:
+    """Each method's NDCG@10; hybrid (schema default and chosen weight) against co-occurrence alone."""
+    cooc = scores["recsql co-occurrence (w=0)"]
+    hybrid = {w: scores[f"recsql hybrid (w={w:g})"] for w in weights}
+    best_on_split = max(hybrid, key=lambda w: hybrid[w].ndcg)
+    out: dict[str, Any] = {
+        "ndcg": {name: s.ndcg for name, s in scores.items() if name.startswith("recsql ")},
+        "best_weight_on_this_split": best_on_split,
+        "chosen_weight_on_validation": chosen,
+        "vs_cooccurrence": {},
+    }
+    for label, w in (("schema default", 0.2), ("chosen on validation", chosen), ("best here", best_on_split)):
+        if w is None or w not in hybrid:
+            continue
+        low, high = ratio_interval(hybrid[w], cooc)
+        ratio = hybrid[w].ndcg / cooc.ndcg
+        out["vs_cooccurrence"][label] = {
+            "weight": w,
+            "ndcg_ratio": ratio,
+            "ci95": [low, high],
+            "not_worse": hybrid[w].ndcg >= cooc.ndcg,
+        }
+        print(
+            f"recsql hybrid (w={w:g}, {label}) NDCG / co-occurrence alone = {ratio:.3f}"
+            f" (95% CI {low:.3f}-{high:.3f})"
+        )
+    return out
 
 
 def source_version() -> dict[str, Any]:
@@ -587,9 +883,33 @@ def main(argv: list[str] | None = None) -> int:
         help=f"JSON file for the results (default {RESULTS.name}, "
         f"or {SWEEP_RESULTS.name} with --sweep, in {RESULTS.parent})",
     )
+    parser.add_argument(
+        "--no-embeddings",
+        dest="embeddings",
+        action="store_false",
+        help="skip the embedding methods (and the cold-start check)",
+    )
+    parser.add_argument(
+        "--no-cold-start", dest="cold_start", action="store_false", help="skip the cold-start check"
+    )
+    parser.add_argument(
+        "--weights",
+        type=lambda text: tuple(float(w) for w in text.split(",")),
+        default=EMBEDDING_WEIGHTS,
+        help="hybrid embedding_weight values (default %(default)s)",
+    )
+    parser.add_argument(
+        "--prototype",
+        type=Path,
+        action="append",
+        default=[],
+        help="SQL file run in each database after migrating (changed functions to compare); repeatable",
+    )
     args = parser.parse_args(argv)
+    PROTOTYPES[:] = args.prototype
 
     started = time.perf_counter()
+    version = source_version()  # now: the databases are migrated from the tree as it is at the start
     df = load_interactions(args.data_dir)
     catalog = load_catalog(args.data_dir)
     server_url = db.database_url()
@@ -608,8 +928,15 @@ def main(argv: list[str] | None = None) -> int:
         ("recsql (schema defaults)", None, None),
         ("recsql (tuned)", tuned[0], tuned[1]),
     ]
+    chosen_weight: float | None = None
+    if args.embeddings and args.split == "test":
+        print("\nembedding_weight on the validation split:", flush=True)
+        chosen_weight, validation_rows = pick_weight(df, server_url, catalog, *tuned, args.weights)
+        report["embedding_weight_validation"] = {"chosen": chosen_weight, "rows": validation_rows}
+        print(f"chosen on validation: embedding_weight {chosen_weight:g}", flush=True)
     print(f"\nFinal table on the {args.split} split:", flush=True)
-    results = evaluate_all(df, args.split, server_url, catalog, configs, baselines)
+    weights = args.weights if args.embeddings else None
+    results = evaluate_all(df, args.split, server_url, catalog, configs, baselines, weights)
 
     wall = time.perf_counter() - started
     print(f"\nSummary ({args.split} split, k={K}, wall {wall:.0f}s):\n{HEADER}")
@@ -625,10 +952,16 @@ def main(argv: list[str] | None = None) -> int:
             f"recsql (tuned) NDCG / {name} = {ours.ndcg / scores[name].ndcg:.3f} (95% CI {low:.3f}-{high:.3f})"
         )
     report["ndcg_ratios"] = comparisons
+    if args.embeddings:
+        report["embeddings"] = embedding_summary(scores, args.weights, chosen_weight)
+        if args.cold_start:
+            report["cold_start"] = cold_start(df, args.split, server_url, catalog, *tuned, args.weights)
+            wall = time.perf_counter() - started
 
     report |= {
         "dataset": "ml-100k",
-        **source_version(),
+        **version,
+        "prototypes": [str(path) for path in args.prototype],
         "protocol": f"per-user last {HOLDOUT:.0%} by (timestamp, item id) held out; k={K}; seen items excluded",
         "split": args.split,
         "users": results[0][1].users,
