@@ -916,7 +916,7 @@ def main() -> None:
         choices=("random", "encoder"),
         default="random",
         help="random: clustered random 384-d vectors; encoder: all-MiniLM-L6-v2 on every item's text"
-        " (about 6 minutes more on 2 cores)",
+        " (6-8 minutes more on 2 cores)",
     )
     parser.add_argument(
         "--text-items", type=int, default=2000, help="Items the text worker embeds for its throughput."

@@ -709,13 +709,18 @@ def cold_items(df: pd.DataFrame, fraction: float, seed: int) -> set[int]:
 
 
 def random_lists(
-    candidates: np.ndarray, users: Sequence[int], seen: dict[int, set[int]], rng: np.random.Generator
+    candidates: np.ndarray,
+    users: Sequence[int],
+    seen: dict[int, set[int]],
+    rng: np.random.Generator,
+    lengths: dict[int, int] | None = None,
 ) -> Recs:
-    """K random candidates per user, none the user saw in training."""
+    """K (or ``lengths[user]``) random candidates per user, none the user saw in training."""
     recs: Recs = {}
     for user in users:
-        pool = [int(i) for i in rng.permutation(candidates)[: K + len(seen.get(user, ()))]]
-        recs[user] = [i for i in pool if i not in seen.get(user, set())][:K]
+        n = K if lengths is None else lengths.get(user, 0)
+        pool = [int(i) for i in rng.permutation(candidates)[: n + len(seen.get(user, ()))]]
+        recs[user] = [i for i in pool if i not in seen.get(user, set())][:n]
     return recs
 
 
@@ -768,6 +773,7 @@ def cold_start(
             "embedding_weight": 0.2,
             "mean_list_length": float(np.mean([len(recs.get(u, [])) for u in users])),
         }
+        hidden_lengths = {u: len(recs.get(u, [])) for u in users}
         rows.append(("recsql hybrid (w=0.2), warm items hidden", s))
         print(describe(rows[-1][0], s), flush=True)
     finally:
@@ -781,12 +787,15 @@ def cold_start(
         seen.setdefault(user, set()).add(item)
     rng = np.random.default_rng(seed)
     everything = catalog["item"].astype("int64").to_numpy()
-    for name, candidates in (
-        ("random, any item", everything),
-        ("random, cold items only", np.array(sorted(cold))),
+    cold_array = np.array(sorted(cold))
+    for name, candidates, lengths in (
+        ("random, any item", everything, None),
+        ("random, cold items only", cold_array, None),
+        ("random, cold items, recsql's list lengths", cold_array, hidden_lengths),
     ):
         draws_scores = [
-            evaluate(random_lists(candidates, users, seen, rng), relevant, n_catalog) for _ in range(draws)
+            evaluate(random_lists(candidates, users, seen, rng, lengths), relevant, n_catalog)
+            for _ in range(draws)
         ]
         s = Scores(
             float(np.mean([d.hr for d in draws_scores])),
