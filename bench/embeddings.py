@@ -56,11 +56,6 @@ from recsql import api, db, load, synth
 from recsql.embeddings import store, text
 from recsql.embeddings.worker import Embedder
 
-# bench/http.py shadows the standard library's http, which the text model's imports (done lazily)
-# need: search this folder last. Nothing imported above has imported http yet.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
-
 DATABASE = "recsql_bench_emb"
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"recall_at_10": 0.95, "freshness_p99_s": 2.0, "ingest_ratio": 0.8}

@@ -1,7 +1,7 @@
 """HTTP benchmark: `recsql serve` under wrk for single-event tracking, batch ingest and recommendations.
 
-    python bench/http.py                              # 4 gunicorn workers, 32 connections, 20 s per run
-    python bench/http.py --workers 8 --connections 64 --duration 30 --no-with-worker
+    python bench/http_load.py                              # 4 gunicorn workers, 32 connections, 20 s per run
+    python bench/http_load.py --workers 8 --connections 64 --duration 30 --no-with-worker
 
 Builds its own database recsql_bench_http (100,000 synthetic events, 5,000 items) on recsql's server,
 creates a track and a read key with `recsql keys create`, starts `recsql serve` (and `recsql worker`,
@@ -14,12 +14,6 @@ bench/results/http.json.
 
 from __future__ import annotations
 
-import sys
-
-# `python bench/http.py` puts bench/ first on sys.path, where this file would stand in for the standard
-# library's http package (urllib imports it); bench/ goes last instead, still reaching benchdb.
-sys.path.append(sys.path.pop(0))
-
 import argparse
 import json
 import os
@@ -28,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
