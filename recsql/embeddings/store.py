@@ -130,17 +130,17 @@ def replace_space(
 ) -> None:
     """Swap a whole space for a fresh fit in one transaction (readers see the old or the new fit)."""
     with conn.transaction():
+        # Support goes in with the COPY: a later UPDATE would write every vector into the index again.
+        supports = {
+            int(r["item_key"]): r["n_events"]
+            for r in conn.execute("SELECT item_key, n_events FROM recsql.item_stats").fetchall()
+        }
         conn.execute("DELETE FROM recsql.item_embeddings WHERE space = %s", (space_name,))
         with conn.cursor().copy(
-            "COPY recsql.item_embeddings (space, item_key, embedding, pair_total, model_version) FROM STDIN"
+            "COPY recsql.item_embeddings (space, item_key, embedding, support, pair_total, model_version) FROM STDIN"
         ) as cp:
             for key, vec, total in zip(item_keys.tolist(), vectors, pair_totals.tolist(), strict=True):
-                cp.write_row((space_name, key, vector_text(vec), total, model_version))
-        conn.execute(
-            "UPDATE recsql.item_embeddings e SET support = st.n_events FROM recsql.item_stats st"
-            " WHERE e.space = %s AND st.item_key = e.item_key",
-            (space_name,),
-        )
+                cp.write_row((space_name, key, vector_text(vec), supports.get(key), total, model_version))
         conn.execute(
             "UPDATE recsql.embedding_spaces SET fit_meta = %s, fitted_at = now(), model_version = %s,"
             " updated_at = now() WHERE name = %s",
