@@ -91,23 +91,6 @@ $$;
 comment on function recsql._user_sources(text) is
     'Weights of the items in the user''s recent history: damped per-type counts times recency';
 
--- Items to leave out of a user's list: purchased ones, or everything seen.
-create function recsql._user_excluded(p_user_id text, p_purchased boolean, p_seen boolean)
-returns table (item_key integer)
-language sql stable parallel safe as $$
-    select x.item_key
-    from recsql.user_item_events x
-    join recsql.event_types t on t.name = x.event_type
-    where x.user_id = any (recsql._user_ids(p_user_id)) and (p_seen or (p_purchased and t.is_conversion))
-    union
-    select s.item_key
-    from recsql._user_sources(p_user_id) s
-    where s.item_key is not null and (p_seen or (p_purchased and s.converted))
-$$;
-
-comment on function recsql._user_excluded(text, boolean, boolean) is
-    'Items the user converted on (or interacted with), folded or still in flight';
-
 -- Checks a list size argument once, with the same message everywhere.
 create function recsql._check_k(p_k integer) returns integer
 language plpgsql immutable as $$

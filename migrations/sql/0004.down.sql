@@ -1,5 +1,23 @@
 -- Undo 0004.
 
+create function recsql._user_excluded(p_user_id text, p_purchased boolean, p_seen boolean)
+returns table (item_key integer)
+language sql stable parallel safe as $$
+    select x.item_key
+    from recsql.user_item_events x
+    join recsql.event_types t on t.name = x.event_type
+    where x.user_id = any (recsql._user_ids(p_user_id)) and (p_seen or (p_purchased and t.is_conversion))
+    union
+    select s.item_key
+    from recsql._user_sources(p_user_id) s
+    where s.item_key is not null and (p_seen or (p_purchased and s.converted))
+$$;
+
+
+
+comment on function recsql._user_excluded(text, boolean, boolean) is
+    'Items the user converted on (or interacted with), folded or still in flight';
+
 create or replace function recsql._user_sources(p_user_id text)
 returns table (item_key integer, item_id text, weight double precision, converted boolean)
 language sql stable parallel safe as $$

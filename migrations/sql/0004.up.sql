@@ -10,6 +10,9 @@ $$;
 comment on function recsql._query_param(text, text) is
     'Transaction-local override recsql.<key> of a query-time parameter, else the given settings value';
 
+-- recommend() now reads the recent history once; this helper has no caller left.
+drop function recsql._user_excluded(text, boolean, boolean);
+
 create or replace function recsql._user_sources(p_user_id text)
 returns table (item_key integer, item_id text, weight double precision, converted boolean)
 language sql stable parallel safe as $$

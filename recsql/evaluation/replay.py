@@ -12,10 +12,9 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from recsql import api, migrate
+from recsql import migrate
 from recsql.errors import DatabaseUnavailable, translate
 from recsql.progress import Progress
 
@@ -119,11 +118,3 @@ def recommend_all(
         progress.update(min(start + USER_CHUNK, len(users)))
     progress.done(len(users))
     return pd.DataFrame(out, columns=["user_id", "item_id", "rank"])
-
-
-def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
-    return psycopg.connect(url, autocommit=True, row_factory=dict_row)
-
-
-def flush(conn: psycopg.Connection[Any]) -> int:
-    return api.flush(conn)

@@ -15,6 +15,7 @@ import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
 
+from recsql import api, db
 from recsql.errors import BadInput, NotFound
 from recsql.evaluation import metrics, replay, split
 from recsql.progress import Progress
@@ -131,7 +132,7 @@ def evaluate(
         )
         frames.append(s.assign(model=name))
 
-    with replay.scratch_database(source_url) as scratch_url, replay.connect(scratch_url) as scratch:
+    with replay.scratch_database(source_url) as scratch_url, db.connect(scratch_url) as scratch:
         replay.copy_catalog(conn, scratch)
         for n, (name, params) in enumerate(candidates.items()):
             t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def evaluate(
                     cut.train,
                     Progress(f"replaying training events for {name}", enabled=show_progress, unit="events"),
                 )
-                replay.flush(scratch)
+                api.flush(scratch)
                 _refit_behavior(scratch)
             elif how == "rebuilt":
                 note(f"{name}: its parameters shape derived state; rebuilt it from the training events")
