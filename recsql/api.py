@@ -168,6 +168,46 @@ def forget_user(conn: Conn, user_id: str) -> int:
     return int(_rows(conn, "SELECT recsql.forget_user(%(user_id)s) AS n", {"user_id": user_id})[0]["n"])
 
 
+def fold_states(conn: Conn, max_lists: int | None = None) -> int:
+    """Fold every live shadow model state (and refresh up to ``max_lists`` lists in each)."""
+    return int(_rows(conn, "SELECT recsql.fold_states(%(m)s) AS n", {"m": max_lists})[0]["n"])
+
+
+def needs_state(conn: Conn, model: str) -> bool:
+    """Whether a model's parameters shape derived state differently from the active model's."""
+    rows = _rows(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM recsql.models c, recsql.models a, recsql.model_parameters p"
+        " WHERE c.name = %(m)s AND a.status = 'active' AND p.shapes_state"
+        " AND recsql.check_params(c.params) -> p.key IS DISTINCT FROM recsql.check_params(a.params) -> p.key)"
+        " AS needed",
+        {"m": model},
+    )
+    return bool(rows[0]["needed"])
+
+
+def model_state(conn: Conn, model: str) -> Row | None:
+    """A model's shadow state (schema, status, build time), or None."""
+    rows = _rows(conn, "SELECT * FROM recsql.model_states WHERE model = %(m)s", {"m": model})
+    return rows[0] if rows else None
+
+
+def build_model_state(conn: Conn, model: str) -> Row:
+    """Build a model's shadow state from the event log (``conn`` must be in autocommit mode)."""
+    try:
+        conn.execute("CALL recsql.build_model_state(%s)", (model,))
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+    state = model_state(conn, model)
+    assert state is not None
+    return state
+
+
+def drop_model_state(conn: Conn, model: str) -> bool:
+    """Drop a model's shadow state; False when it had none."""
+    return bool(_rows(conn, "SELECT recsql.drop_model_state(%(m)s) AS dropped", {"m": model})[0]["dropped"])
+
+
 def maintain(conn: Conn) -> Row:
     """Expire old pair formations and keep popularity in range."""
     return _rows(conn, "SELECT * FROM recsql.maintain()", {})[0]

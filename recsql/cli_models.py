@@ -11,7 +11,7 @@ import click
 import psycopg
 from psycopg.types.json import Jsonb
 
-from recsql import db
+from recsql import api, db
 from recsql.cli import _format_option, _print_rows, main
 from recsql.errors import BadInput, translate
 
@@ -86,8 +86,9 @@ def models_list(fmt: str) -> None:
             " SELECT m.name, m.status, m.created_at, m.promoted_at,"
             " coalesce((SELECT string_agg(p.key || '=' || p.value::text, ' ' ORDER BY p.key)"
             "  FROM jsonb_each(m.params) p, a WHERE a.params -> p.key IS DISTINCT FROM p.value), '') AS differs,"
-            " m.description"
-            " FROM recsql.models m ORDER BY m.created_at, m.name"
+            " coalesce(st.status, '') AS state, st.built_events AS state_events, m.description"
+            " FROM recsql.models m LEFT JOIN recsql.model_states st ON st.model = m.name"
+            " ORDER BY m.created_at, m.name"
         ).fetchall()
     _print_rows([dict(r) for r in rows], fmt)
 
@@ -216,7 +217,49 @@ def models_rollback() -> None:
     click.echo(f"rolled back: {previous} is active ({how})")
 
 
+@models_group.command("build")
+@click.argument("name")
+def models_build(name: str) -> None:
+    """Build NAME's own derived state from the event log, beside the active one (a shadow state).
+
+    The active model keeps serving and folding while it builds; live events then flow into both.
+    A candidate with a state can take A/B traffic, and promoting it swaps the states instantly.
+    """
+    with db.connection() as conn:
+        db.require_schema(conn)
+        _build(conn, name)
+
+
+@models_group.command("drop-state")
+@click.argument("name")
+def models_drop_state(name: str) -> None:
+    """Drop NAME's shadow state (ends its A/B test; a rollback to it would rebuild it)."""
+    with db.connection() as conn:
+        db.require_schema(conn)
+        dropped = api.drop_model_state(conn, name)
+    click.echo(f"dropped the state of {name}" if dropped else f"{name} has no state of its own")
+
+
+def _build(conn: psycopg.Connection[Any], name: str) -> None:
+    events = conn.execute("SELECT count(*) AS n FROM recsql.events").fetchone()
+    click.echo(
+        f"building the state of {name} from {events['n'] if events else 0:,} events"
+        " (the active model keeps serving)...",
+        err=True,
+    )
+    state = api.build_model_state(conn, name)
+    click.echo(
+        f"state of {name} built in {float(state['build_seconds']):.1f}s"
+        f" ({state['built_events']:,} events, schema {state['schema_name']}); live events now feed it",
+        err=True,
+    )
+
+
 def _promote(conn: psycopg.Connection[Any], name: str) -> str:
+    # A model whose parameters shape derived state gets its state built beside the active one
+    # first, so the promotion itself is a swap that readers never wait on for long.
+    if api.model_state(conn, name) is None and api.needs_state(conn, name):
+        _build(conn, name)
     try:
         row = conn.execute("SELECT recsql.promote_model(%s) AS how", (name,)).fetchone()
     except psycopg.Error as exc:

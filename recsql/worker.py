@@ -105,12 +105,14 @@ class Folder(Loop):
                         if n == 0 or started - last_refresh >= self.refresh_s:
                             refreshed = api.refresh_neighbors(conn, self.lists_per_round)
                             last_refresh = started
+                        # Shadow states of candidate models fold the same events after the active one.
+                        shadow = api.fold_states(conn, self.lists_per_round)
                         elapsed = time.perf_counter() - started
                         if n:
                             self.folded += n
                             if self.on_fold is not None:
                                 self.on_fold(n, elapsed)
-                        pause = self.round_s if (n or refreshed) else self.idle_s
+                        pause = self.round_s if (n or refreshed or shadow) else self.idle_s
                         self._stop.wait(max(0.0, pause - elapsed))
             except (psycopg.Error, RecsqlError) as exc:
                 log.warning("folder: %s; retrying in 2 s", exc)

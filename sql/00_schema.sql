@@ -43,7 +43,13 @@ create table recsql.settings (
     behavior_refresh_ratio double precision not null default 1.5
         constraint settings_behavior_refresh_ratio_check check (behavior_refresh_ratio > 1),
     behavior_refit_interval interval not null default '1 day'
-        constraint settings_behavior_refit_interval_check check (behavior_refit_interval >= interval '1 minute')
+        constraint settings_behavior_refit_interval_check check (behavior_refit_interval >= interval '1 minute'),
+    new_item_slots integer not null default 1
+        constraint settings_new_item_slots_check check (new_item_slots between 0 and 10),
+    new_item_window interval not null default '14 days'
+        constraint settings_new_item_window_check check (new_item_window >= interval '0'),
+    new_item_min_similarity double precision not null default 0.3
+        constraint settings_new_item_min_similarity_check check (new_item_min_similarity between -1 and 1)
 );
 
 insert into recsql.settings default values;
@@ -65,6 +71,12 @@ comment on column recsql.settings.behavior_refresh_ratio is
     'An item''s behaviour vector is refreshed once its events grew by this factor since it was computed';
 comment on column recsql.settings.behavior_refit_interval is
     'The behaviour space is refitted from scratch when its last fit is older than this';
+comment on column recsql.settings.new_item_slots is
+    'Places of a personalised list (the last ones) open to new items nothing co-occurs with yet, ranked by embedding similarity';
+comment on column recsql.settings.new_item_window is
+    'Items created this recently, without a co-occurrence list, may take the new-item places';
+comment on column recsql.settings.new_item_min_similarity is
+    'A new item takes a place only when its embedding similarity to the user''s taste is at least this';
 comment on column recsql.settings.decay_epoch is
     'Internal: reference time of item_stats.popularity; set by the first fold, moved by maintain()';
 
@@ -113,6 +125,7 @@ create table recsql.items (
 );
 
 create index items_category_idx on recsql.items (category);
+create index items_created_idx on recsql.items (created_at);
 -- Small in practice; the queries anti-join it to drop hidden items.
 create index items_hidden_idx on recsql.items (item_key) where hidden_at is not null;
 

@@ -43,6 +43,8 @@ language plpgsql as $$
 declare
     v_settings recsql.settings;
     v_bad record;
+    v_range record;
+    v_schema text;
 begin
     select * into v_settings from recsql.settings;
 
@@ -82,10 +84,18 @@ begin
                   constraint = 'events_value_range_check';
     end if;
 
-    insert into recsql.event_inbox (xid, first_seq, last_seq, n)
-    select pg_current_xact_id(), min(seq), max(seq), count(*)
-    from new_events
-    having count(*) > 0;
+    select pg_current_xact_id() as xid, min(seq) as first_seq, max(seq) as last_seq, count(*) as n
+    into v_range
+    from new_events;
+    if v_range.n > 0 then
+        insert into recsql.event_inbox (xid, first_seq, last_seq, n)
+        values (v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n);
+        -- Each model's shadow state folds the same events (recsql.model_states).
+        for v_schema in select schema_name from recsql.model_states loop
+            execute format('insert into %I.event_inbox (xid, first_seq, last_seq, n) values ($1, $2, $3, $4)', v_schema)
+            using v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n;
+        end loop;
+    end if;
     return null;
 end
 $$;

@@ -358,7 +358,7 @@ begin
     if v_n > 0 then
         -- Wakes the embedding worker. Sent here, once per fold, rather than by the events trigger:
         -- NOTIFY serialises committing transactions, which every writer would then pay for.
-        perform pg_notify('recsql_folded', v_n::text);
+        perform pg_notify('recsql_folded', v_n::text);  -- main only
     end if;
     return v_n;
 end
@@ -533,6 +533,7 @@ declare
 begin
     v_n := recsql.fold();
     perform recsql.refresh_neighbors();
+    perform recsql.fold_states();  -- main only
     return v_n;
 end
 $$;
@@ -594,40 +595,34 @@ $$;
 
 comment on function recsql.rebuild() is 'Recomputes all derived state from recsql.events; returns the number of events replayed';
 
--- Deletes a user's events and removes exactly their contribution from every derived table.
-create function recsql.forget_user(p_user_id text) returns bigint
+-- Removes exactly the contribution of a person's events (the ids given) from every derived table,
+-- leaving the events themselves: recsql.forget_user() runs it for each model state, then deletes them.
+create function recsql._forget_state(p_ids text[]) returns void
 language plpgsql as $$
 declare
     v_settings recsql.settings;
     v_horizon xid8;
     v_cooc_horizon timestamptz;
-    v_n bigint;
-    v_ids text[];
 begin
-    if p_user_id is null then
-        raise exception 'forget_user needs a user id' using errcode = '22004';
-    end if;
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     -- Fold first so that every visible event of the user below the horizon is in derived state.
-    perform recsql.flush();
+    perform recsql.fold();
     select * into v_settings from recsql.settings;
     select horizon, coalesce(cooc_horizon, '-infinity') into v_horizon, v_cooc_horizon from recsql.fold_state;
-    -- The person is the user id and every anonymous id linked to it.
-    v_ids := recsql._user_ids(p_user_id);
 
     perform recsql._batch_reset();
     insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
     select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
     from recsql.events e
     join recsql.items i on i.item_id = e.item_id
-    where e.user_id = any (v_ids) and e.xid < v_horizon;
+    where e.user_id = any (p_ids) and e.xid < v_horizon;
 
     perform recsql._apply_pairs(-1, v_cooc_horizon, 'infinity');
 
     update recsql.item_event_counts c
     set n = c.n - x.n, value_sum = c.value_sum - x.value_sum
     from (select item_key, event_type, sum(n) as n, sum(value_sum) as value_sum
-          from recsql.user_item_events where user_id = any (v_ids)
+          from recsql.user_item_events where user_id = any (p_ids)
           group by item_key, event_type) x
     where c.item_key = x.item_key and c.event_type = x.event_type;
     delete from recsql.item_event_counts where n <= 0;
@@ -643,7 +638,33 @@ begin
     where s.item_key = x.item_key;
     delete from recsql.item_stats where n_events <= 0;
 
-    delete from recsql.user_item_events where user_id = any (v_ids);
+    delete from recsql.user_item_events where user_id = any (p_ids);
+    -- No list may keep a trace of the user.
+    perform recsql.refresh_neighbors();
+end
+$$;
+
+comment on function recsql._forget_state(text[]) is
+    'Subtracts the events of the given user ids from every derived table of one model state';
+
+-- Deletes a user's events and removes exactly their contribution from every derived table.
+create function recsql.forget_user(p_user_id text) returns bigint
+language plpgsql as $$
+declare
+    v_n bigint;
+    v_ids text[];
+    v_state record;
+begin
+    if p_user_id is null then
+        raise exception 'forget_user needs a user id' using errcode = '22004';
+    end if;
+    -- The person is the user id and every anonymous id linked to it.
+    v_ids := recsql._user_ids(p_user_id);
+    perform recsql._forget_state(v_ids);
+    -- Every model's shadow state forgets them too (a state being built waits here, then forgets).
+    for v_state in select schema_name from recsql.model_states order by model loop
+        execute format('select %I._forget_state($1)', v_state.schema_name) using v_ids;
+    end loop;
 
     perform set_config('recsql.forgetting', 'on', true);
     delete from recsql.events where user_id = any (v_ids);
@@ -651,15 +672,13 @@ begin
     perform set_config('recsql.forgetting', 'off', true);
     delete from recsql.user_aliases where user_id = p_user_id or alias_id = p_user_id;
     delete from recsql.recommendation_log where user_id = any (v_ids);
-    -- No list may keep a trace of the user.
-    perform recsql.refresh_neighbors();
     return v_n;
 end
 $$;
 
 comment on function recsql.forget_user(text) is
     'Deletes the user''s events (and those of anonymous ids linked to it), their contribution to all derived '
-    'state, the links and the lists served to them, in the caller''s transaction';
+    'state of every model, the links and the lists served to them, in the caller''s transaction';
 
 -- Periodic upkeep: expires old pair formations (the storage bound) and re-bases popularity.
 create function recsql.maintain() returns table (expired_before timestamptz, pair_rows bigint)
@@ -711,6 +730,7 @@ begin
     where l.refreshed_at < now() - interval '1 day'
     on conflict (kind, item_key) do nothing;
     update recsql.fold_state set maintained_at = now();
+    perform recsql._maintain_states();  -- main only
 
     return query select fs.cooc_horizon, (select count(*) from recsql.item_pairs)
                  from recsql.fold_state fs;

@@ -108,15 +108,34 @@ comment on function recsql._check_k(integer) is 'Returns k, or rejects a missing
 -- Ranks items for a list of weighted sources, fills up with trending items, never repeats an item.
 -- With embeddings (settings.embedding_weight > 0 and vectors for the sources), the score blends the
 -- co-occurrence score, scaled to the best one, with the embedding similarity to the sources' taste,
--- whose nearest neighbours also join the candidates; without, it is the co-occurrence score.
+-- whose nearest neighbours also join the candidates; without, it is the co-occurrence score. With
+-- embeddings, the last settings.new_item_slots places may go to recently added items nothing
+-- co-occurs with yet, the closest to the taste, so that new products get seen (cold start).
 create function recsql._rank(p_sources integer[], p_weights double precision[], p_excluded integer[], p_k integer,
                              p_category text, p_in_stock_only boolean)
 returns table (item_id text, score double precision, reason text)
 language sql stable as $$
     with s as (
         select recsql._query_param('embedding_weight', embedding_weight::text)::double precision as w,
-               greatest(2 * p_k, 20) as pool
+               greatest(2 * p_k, 20) as pool,
+               least(p_k, recsql._query_param('new_item_slots', new_item_slots::text)::integer) as new_slots,
+               recsql._query_param('new_item_window', new_item_window::text)::interval as new_window,
+               recsql._query_param('new_item_min_similarity', new_item_min_similarity::text)::double precision
+                   as new_min_similarity
         from recsql.settings
+    ), new_items as materialized (
+        -- Recently added items that nothing co-occurs with yet (the newest 200): scored on their
+        -- embeddings alone, they may take the last new_slots places of the list.
+        select i.item_key
+        from recsql.items i
+        cross join s
+        where s.w > 0 and s.new_slots > 0
+          and i.created_at >= now() - s.new_window
+          and i.hidden_at is null
+          and i.item_key <> all (p_excluded)
+          and not exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = i.item_key)
+        order by i.created_at desc, i.item_key
+        limit 200
     ), contributions as materialized (
         select ps.item_key, ps.source_key, ps.contribution
         from recsql._pair_scores('v', p_sources, p_weights) ps
@@ -128,7 +147,9 @@ language sql stable as $$
         from s
         cross join lateral recsql._embedding_scores(
             p_sources, p_weights, s.pool,
-            array(select c.item_key from cooc c order by c.score desc, c.item_key limit (select pool from s))) x
+            array(select c.item_key from (select c.item_key from cooc c order by c.score desc, c.item_key
+                                          limit (select pool from s)) c
+                  union select n.item_key from new_items n)) x
         where s.w > 0 and x.item_key <> all (p_excluded)
     ), scored as (
         select coalesce(c.item_key, e.item_key) as item_key,
@@ -139,6 +160,20 @@ language sql stable as $$
         from cooc c
         full join emb e on e.item_key = c.item_key
         cross join s
+    ), fresh as materialized (
+        -- The new items closest to the user's taste, up to new_slots of them.
+        select e.item_key, e.similarity as score
+        from emb e
+        join new_items n on n.item_key = e.item_key
+        cross join s
+        where e.similarity >= s.new_min_similarity
+          and ((p_category is null and not p_in_stock_only)
+           or exists (select 1 from recsql.items i
+                      where i.item_key = e.item_key
+                        and (p_category is null or i.category = p_category)
+                        and (not p_in_stock_only or i.in_stock)))
+        order by e.similarity desc, e.item_key
+        limit (select new_slots from s)
     ), personal as (
         -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
         select sc.item_key, sc.score, sc.by_embedding
@@ -149,8 +184,9 @@ language sql stable as $$
                       where i.item_key = sc.item_key
                         and (p_category is null or i.category = p_category)
                         and (not p_in_stock_only or i.in_stock)))
+          and sc.item_key not in (select f.item_key from fresh f)
         order by sc.score desc, sc.item_key
-        limit p_k
+        limit p_k - (select count(*) from fresh)
     ), fill as (
         select st.item_key, st.popularity
         from recsql.item_stats st
@@ -161,6 +197,7 @@ language sql stable as $$
           and (not p_in_stock_only or i.in_stock)
           and st.item_key <> all (p_excluded)
           and st.item_key not in (select item_key from personal)
+          and st.item_key not in (select item_key from fresh)
         order by st.popularity desc, st.item_key
         limit p_k
     )
@@ -178,6 +215,9 @@ language sql stable as $$
             limit 1
         ) top on true
         left join recsql.items src on src.item_key = top.source_key
+        union all
+        select i.item_id, f.score, 'new, matches your taste', 0, '-infinity'::double precision, f.item_key
+        from fresh f join recsql.items i on i.item_key = f.item_key
         union all
         select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
         from fill f join recsql.items i on i.item_key = f.item_key

@@ -36,9 +36,29 @@ insert into recsql.model_parameters (key, kind, shapes_state, description) value
     ('similarity', 'text', true, 'cosine, jaccard or count'),
     ('history_length', 'integer', false, 'recent events of a user that recommend() reads (1..10000)'),
     ('history_half_life', 'number', false, 'recency half-life over those events, in events (> 0)'),
-    ('embedding_weight', 'number', false, 'share of embedding similarity in hybrid scores (0..1)');
+    ('embedding_weight', 'number', false, 'share of embedding similarity in hybrid scores (0..1)'),
+    ('new_item_slots', 'integer', false, 'last places of a list open to new items without co-occurrence (0..10)'),
+    ('new_item_window', 'interval', false, 'how recently an item was added to count as new, e.g. "14 days"'),
+    ('new_item_min_similarity', 'number', false, 'least embedding similarity to the taste for a new item (-1..1)');
 
 comment on table recsql.model_parameters is 'The parameters a model version may set; shapes_state ones need derived state rebuilt';
+
+-- Shadow state of non-active models (see 75_model_states.sql).
+create table recsql.model_states (
+    model text constraint model_states_pkey primary key
+        constraint model_states_model_fkey references recsql.models (name) on update cascade,
+    schema_name text not null constraint model_states_schema_name_key unique,
+    weights jsonb not null,
+    status text not null default 'building'
+        constraint model_states_status_check check (status in ('building', 'live')),
+    created_at timestamptz not null default now(),
+    built_at timestamptz,
+    build_seconds double precision,
+    built_events bigint
+);
+
+comment on table recsql.model_states is
+    'Shadow state of model versions other than the active one: their schema, event-type weights and build status';
 
 -- The parameters in force now, as a model's params document.
 create function recsql.current_params() returns jsonb
@@ -53,7 +73,10 @@ language sql stable as $$
         'similarity', s.similarity,
         'history_length', s.history_length,
         'history_half_life', s.history_half_life,
-        'embedding_weight', s.embedding_weight)
+        'embedding_weight', s.embedding_weight,
+        'new_item_slots', s.new_item_slots,
+        'new_item_window', s.new_item_window::text,
+        'new_item_min_similarity', s.new_item_min_similarity)
     from recsql.settings s
 $$;
 
@@ -144,7 +167,10 @@ begin
         similarity = p_params ->> 'similarity',
         history_length = (p_params ->> 'history_length')::integer,
         history_half_life = (p_params ->> 'history_half_life')::double precision,
-        embedding_weight = (p_params ->> 'embedding_weight')::double precision;
+        embedding_weight = (p_params ->> 'embedding_weight')::double precision,
+        new_item_slots = (p_params ->> 'new_item_slots')::integer,
+        new_item_window = (p_params ->> 'new_item_window')::interval,
+        new_item_min_similarity = (p_params ->> 'new_item_min_similarity')::double precision;
     update recsql.event_types t set weight = (w.value::text)::double precision
     from jsonb_each(p_params -> 'weights') w
     where t.name = w.key and t.weight is distinct from (w.value::text)::double precision;
@@ -222,12 +248,15 @@ $$;
 comment on function recsql.promotion_gate(text, text, integer) is
     'The latest evaluation comparing a candidate with the active model on one metric';
 
--- Makes a model the active one in one transaction: its parameters take effect (derived state is
--- rebuilt when they shape it), the previous active model is retired and kept for rollback.
+-- Makes a model the active one in one transaction: its parameters take effect, the previous active
+-- model is retired and kept for rollback. Derived state: a model with a built shadow state
+-- (recsql.build_model_state) swaps it in; otherwise it is rebuilt here when the parameters shape it.
 create function recsql.promote_model(p_name text) returns text
 language plpgsql as $$
 declare
     v_model recsql.models;
+    v_active recsql.models;
+    v_state recsql.model_states;
     v_how text;
 begin
     -- One promotion at a time; readers are not blocked by this lock.
@@ -240,16 +269,38 @@ begin
     if v_model.status = 'active' then
         return 'already active';
     end if;
-    v_how := recsql.apply_params(v_model.params);
+    select * into v_state from recsql.model_states where model = p_name;
+    if v_state.status = 'building' then
+        raise exception 'the state of model "%" is still being built', p_name using errcode = '55000',
+            hint = 'Promote it when recsql.build_model_state() has finished.';
+    end if;
     delete from recsql.model_traffic;  -- a test compares candidates with the active model: it ends here
+    select * into v_active from recsql.models where status = 'active';
+    if v_state.schema_name is not null then
+        -- The candidate's own state becomes the active one; the replaced state stays in the shadow
+        -- schema, live, as the retired model's (a rollback swaps it back).
+        perform recsql._swap_state(v_state.schema_name);
+        perform recsql._apply_params_to(recsql.check_params(v_model.params), true);
+        update recsql.model_states
+        set model = v_active.name, weights = recsql.check_params(v_active.params) -> 'weights',
+            built_at = now(), build_seconds = null, built_events = null
+        where schema_name = v_state.schema_name;
+        v_how := 'swapped';
+    else
+        v_how := recsql.apply_params(v_model.params);
+    end if;
     update recsql.models set status = 'retired', retired_at = now() where status = 'active';
     update recsql.models set status = 'active', promoted_at = now(), retired_at = null where name = p_name;
+    -- Only the model just replaced keeps a state for rollback: older retired states stop costing ingest.
+    perform recsql.drop_model_state(st.model)
+    from recsql.model_states st join recsql.models m on m.name = st.model
+    where m.status = 'retired' and m.name <> v_active.name;
     return v_how;
 end
 $$;
 
 comment on function recsql.promote_model(text) is
-    'Puts a model in force and makes it active in one transaction (rebuilding state its parameters shape)';
+    'Puts a model in force and makes it active in one transaction (swapping in its shadow state, or rebuilding)';
 
 -- The model that was active before the current one.
 create function recsql.previous_model() returns text
@@ -297,10 +348,12 @@ begin
     select string_agg(m.key, ', ' order by m.key) into v_differs
     from recsql.model_parameters m
     where m.shapes_state and (v_model.params -> m.key) is distinct from (v_active -> m.key);
-    if v_differs is not null then
-        raise exception '% changes % (derived state), so it cannot be served beside the active model', p_model, v_differs
+    if v_differs is not null
+       and not exists (select 1 from recsql.model_states st where st.model = p_model and st.status = 'live') then
+        raise exception '% changes % (derived state), so it needs its own state to be served beside the active model',
+                p_model, v_differs
             using errcode = '22023',
-                  hint = 'Evaluate it offline (recsql evaluate) and promote it; online tests cover query-time parameters.';
+                  hint = format('Build it first: CALL recsql.build_model_state(%L) (recsql models build %s).', p_model, p_model);
     end if;
     insert into recsql.model_traffic (model, share) values (p_model, p_share)
     on conflict (model) do update set share = excluded.share;

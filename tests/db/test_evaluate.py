@@ -156,7 +156,7 @@ def test_promotion_is_gated_and_can_be_rolled_back(shop, conn):
 
     forced = runner.invoke(cli.main, ["models", "promote", "broken", "--force"])
     assert forced.exit_code == 0, forced.output
-    assert "broken is active (rebuilt)" in forced.stdout  # weights shape derived state
+    assert "broken is active (swapped)" in forced.stdout  # weights shape derived state: built, then swapped
     weights = {r["name"]: r["weight"] for r in conn.execute("SELECT name, weight FROM recsql.event_types")}
     assert weights["purchase"] == 0
     back = runner.invoke(cli.main, ["models", "rollback"])

@@ -1,0 +1,31 @@
+"""Shadow state for model versions (built beside the active state, swapped in by promotion), and new-item places in lists.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-27
+"""
+
+from pathlib import Path
+
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+# Frozen SQL for this revision lives beside the revisions and never changes once released.
+_SQL = Path(__file__).resolve().parent.parent / "sql"
+
+
+def _run(sql: str) -> None:
+    # Straight to psycopg without parameters, so % and $$ in the SQL are taken literally.
+    op.get_bind().connection.dbapi_connection.cursor().execute(sql)
+
+
+def upgrade() -> None:
+    _run((_SQL / "0005.up.sql").read_text())
+
+
+def downgrade() -> None:
+    _run((_SQL / "0005.down.sql").read_text())
