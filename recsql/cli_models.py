@@ -94,7 +94,9 @@ def models_list(fmt: str) -> None:
 
 
 @main.command("evaluate")
-@click.option("--model", default=None, help="Candidate to evaluate beside the active model.")
+@click.option(
+    "--model", "models", multiple=True, help="Candidate to evaluate beside the active model; repeatable."
+)
 @click.option(
     "--split", "split_at", default=None, help="Train on events before this time (ISO 8601 with zone)."
 )
@@ -103,14 +105,20 @@ def models_list(fmt: str) -> None:
 @click.option("--max-users", type=int, default=None, help="Evaluate a deterministic sample of test users.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress lines on stderr (default: with --format table only).",
+)
 def evaluate(
-    model: str | None,
+    models: tuple[str, ...],
     split_at: str | None,
     holdout_last: float | None,
     baseline: str,
     max_users: int | None,
     fmt: str,
     plot_path: Path | None,
+    progress: bool | None,
 ) -> None:
     """Replay the events before a split and score every model's top-k on what users did after it."""
     from recsql.evaluation import run
@@ -129,12 +137,12 @@ def evaluate(
         result = run.evaluate(
             conn,
             url,
-            model=model,
+            models=models,
             split_at=at,
             holdout_last=holdout_last,
             baseline=baseline == "popular",
             max_users=max_users,
-            show_progress=fmt == "table",
+            show_progress=fmt == "table" if progress is None else progress,
         )
     if fmt == "json":
         click.echo(

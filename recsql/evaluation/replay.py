@@ -14,16 +14,22 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from recsql import migrate
-from recsql.errors import DatabaseUnavailable, translate
+from recsql import api, migrate
+from recsql.errors import BadInput, DatabaseUnavailable, translate
 from recsql.progress import Progress
 
 USER_CHUNK = 500
+# Training events per COPY and fold: the replay reports progress, and folds as a worker would.
+EVENT_CHUNK = 100_000
 
 
 @contextmanager
-def scratch_database(source_url: str) -> Iterator[str]:
-    """Create an empty, migrated database beside the source one; drop it afterwards."""
+def scratch_database(source_url: str, prototypes: Sequence[str] = ()) -> Iterator[str]:
+    """Create an empty, migrated database beside the source one; drop it afterwards.
+
+    ``prototypes`` are SQL texts run after migrating (changed functions to measure before they
+    become a migration); an error in one names it and drops the database.
+    """
     name = f"recsql_eval_{uuid.uuid4().hex[:12]}"
     admin_url = make_conninfo(source_url, dbname="postgres")
     try:
@@ -38,6 +44,13 @@ def scratch_database(source_url: str) -> Iterator[str]:
     url = make_conninfo(source_url, dbname=name)
     try:
         migrate.upgrade(url)
+        if prototypes:
+            with psycopg.connect(url, autocommit=True) as conn:
+                for n, text in enumerate(prototypes, 1):
+                    try:
+                        conn.execute(text.encode())
+                    except psycopg.Error as exc:
+                        raise BadInput(f"prototype SQL #{n} failed in the scratch database: {exc}") from exc
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -45,15 +58,17 @@ def scratch_database(source_url: str) -> Iterator[str]:
 
 
 def copy_catalog(source: psycopg.Connection[Any], target: psycopg.Connection[Any]) -> int:
-    """Items (for filters and display) and text vectors (they depend on titles, not on events)."""
+    """Items (for filters and display, with the time each was added: new items are treated apart) and
+    text vectors (they depend on titles, not on events)."""
     n = 0
     with (
         source.cursor().copy(
-            "COPY (SELECT item_id, title, category, price, in_stock, properties, hidden_at FROM recsql.items"
-            " ORDER BY item_key) TO STDOUT"
+            "COPY (SELECT item_id, title, category, price, in_stock, properties, hidden_at, created_at"
+            " FROM recsql.items ORDER BY item_key) TO STDOUT"
         ) as out,
         target.cursor().copy(
-            "COPY recsql.items (item_id, title, category, price, in_stock, properties, hidden_at) FROM STDIN"
+            "COPY recsql.items (item_id, title, category, price, in_stock, properties, hidden_at, created_at)"
+            " FROM STDIN"
         ) as into,
     ):
         for block in out:
@@ -76,23 +91,37 @@ def copy_catalog(source: psycopg.Connection[Any], target: psycopg.Connection[Any
     return n
 
 
-def load_events(target: psycopg.Connection[Any], train: pd.DataFrame, progress: Progress) -> int:
-    """COPY the training events in replay order; each keeps its id and time."""
+def load_events(
+    target: psycopg.Connection[Any],
+    train: pd.DataFrame,
+    *,
+    label: str = "replaying training events",
+    show_progress: bool = True,
+    chunk: int = EVENT_CHUNK,
+) -> int:
+    """COPY the training events in replay order and fold them, ``chunk`` events per transaction
+    (with a progress line and ETA); each keeps its id and time. Neighbour lists are left for the
+    caller's flush."""
     columns = ["event_id", "user_id", "item_id", "event_type", "value", "ts"]
-    n = 0
+    done = [0]
+    progress = Progress(
+        label, enabled=show_progress, total=len(train), position=lambda: done[0], unit="events"
+    )
     try:
-        with target.cursor().copy(
-            "COPY recsql.events (event_id, user_id, item_id, event_type, value, ts) FROM STDIN"
-        ) as copy:
-            for row in train[columns].itertuples(index=False, name=None):
-                value = row[4]
-                copy.write_row((*row[:4], None if pd.isna(value) else value, row[5]))
-                n += 1
-                progress.update(n)
+        for start in range(0, len(train), chunk):
+            with target.cursor().copy(
+                "COPY recsql.events (event_id, user_id, item_id, event_type, value, ts) FROM STDIN"
+            ) as copy:
+                for row in train[columns].iloc[start : start + chunk].itertuples(index=False, name=None):
+                    value = row[4]
+                    copy.write_row((*row[:4], None if pd.isna(value) else value, row[5]))
+            api.fold(target)
+            done[0] = min(start + chunk, len(train))
+            progress.update(done[0])
     except psycopg.Error as exc:
         raise translate(exc) from exc
-    progress.done(n)
-    return n
+    progress.done(done[0])
+    return done[0]
 
 
 def apply_params(conn: psycopg.Connection[Any], params: dict[str, Any]) -> str:
@@ -102,10 +131,19 @@ def apply_params(conn: psycopg.Connection[Any], params: dict[str, Any]) -> str:
 
 
 def recommend_all(
-    conn: psycopg.Connection[Any], users: Sequence[str], k: int, progress: Progress
+    conn: psycopg.Connection[Any],
+    users: Sequence[str],
+    k: int,
+    *,
+    label: str = "asking for top-k",
+    show_progress: bool = True,
 ) -> pd.DataFrame:
     """recommend(user, k, exclude_seen => true) for every user, in chunks; (user_id, item_id, rank)."""
     out: list[tuple[str, str, int]] = []
+    done = [0]
+    progress = Progress(
+        label, enabled=show_progress, total=len(users), position=lambda: done[0], unit="users"
+    )
     for start in range(0, len(users), USER_CHUNK):
         chunk = list(users[start : start + USER_CHUNK])
         rows = conn.execute(
@@ -115,6 +153,7 @@ def recommend_all(
             (chunk, k),
         ).fetchall()
         out.extend((r["user_id"], r["item_id"], r["rank"]) for r in rows)
-        progress.update(min(start + USER_CHUNK, len(users)))
+        done[0] = min(start + USER_CHUNK, len(users))
+        progress.update(done[0])
     progress.done(len(users))
     return pd.DataFrame(out, columns=["user_id", "item_id", "rank"])

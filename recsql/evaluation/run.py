@@ -1,11 +1,17 @@
 """`recsql evaluate`: replay the events before a split into a scratch database, ask every test user
 for top-k, score the lists against what they did after the split, for the candidate model, the
-active model and the popularity baseline side by side. Results go to recsql.evaluations."""
+active model and the popularity baseline side by side. Results go to recsql.evaluations.
+
+The pieces are public so that a benchmark measures through the same path: ``cut_events`` (the
+split), ``plan`` (test users and what counts as relevant), ``run`` (replay, ask, score; recsql
+parameter sets as ``Candidate`` and any other recommender as ``Lists``)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +28,43 @@ from recsql.progress import Progress
 
 POPULAR = "popular"
 
+# A recommender computed outside recsql: (split, test users, k) -> top-k lists (user_id, item_id,
+# rank from 1) learned from split.train alone.
+Lists = Callable[[split.Split, list[str], int], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A parameter set to replay and ask; ``around`` (optional) wraps its lists in a temporary change
+    of the scratch database, e.g. hiding items, and must undo it on exit."""
+
+    name: str
+    params: dict[str, Any]
+    around: Callable[[psycopg.Connection[Any]], AbstractContextManager[object]] | None = None
+
+
+@dataclass
+class Plan:
+    """What every model is judged on: the split, the test users and the gain of each relevant item."""
+
+    cut: split.Split
+    truth: pd.DataFrame  # user_id, item_id, gain
+    users: list[str]
+    catalog_size: int
+    popularity: pd.Series  # item_id -> training users
+    n_train_users: int
+
+    def score(self, lists: pd.DataFrame, ks: Sequence[int] = metrics.KS) -> pd.DataFrame:
+        """Rows (metric, k, value) of top-k ``lists`` on this plan's test users."""
+        return metrics.score(
+            lists,
+            self.truth,
+            catalog_size=self.catalog_size,
+            popularity=self.popularity,
+            n_train_users=self.n_train_users,
+            ks=ks,
+        )
+
 
 @dataclass
 class Result:
@@ -34,6 +77,7 @@ class Result:
     scores: pd.DataFrame  # model, metric, k, value
     seconds: dict[str, float] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lists: dict[str, pd.DataFrame] = field(default_factory=dict)  # only with run(keep_lists=True)
 
     def value(self, model: str, metric: str, k: int) -> float:
         s = self.scores
@@ -60,51 +104,37 @@ def active_model(conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]]:
     return str(row["name"]), dict(row["params"])
 
 
-def popular_lists(train: pd.DataFrame, users: list[str], k: int) -> pd.DataFrame:
+def popular_lists(cut: split.Split, users: list[str], k: int) -> pd.DataFrame:
     """Most popular training items (by distinct users) that the user has not touched."""
+    train = cut.train
     counts = train.groupby("item_id")["user_id"].nunique().sort_values(ascending=False, kind="stable")
-    ranked = list(counts.index[: k + 200])
     seen = train.groupby("user_id")["item_id"].apply(set)
+    longest = int(seen.map(len).max()) if len(seen) else 0
+    ranked = list(counts.index[: k + longest])
     rows = []
     for user in users:
         mine = seen.get(user, set())
         picks = [i for i in ranked if i not in mine][:k]
         rows += [(user, item, rank) for rank, item in enumerate(picks, 1)]
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "rank"])
+    return pd.DataFrame(rows, columns=metrics.LIST_COLUMNS)
 
 
-def evaluate(
-    conn: psycopg.Connection[Any],
-    source_url: str,
-    *,
-    model: str | None = None,
-    split_at: datetime | None = None,
-    holdout_last: float | None = None,
-    baseline: bool = True,
-    ks: tuple[int, ...] = metrics.KS,
-    max_users: int | None = None,
-    show_progress: bool = True,
-) -> Result:
-    """Evaluate ``model`` (or only the active one) against the log of the database behind ``conn``."""
+def cut_events(
+    events: pd.DataFrame, *, split_at: datetime | None = None, holdout_last: float | None = None
+) -> split.Split:
+    """Split the log by time (``split_at``) or per user (``holdout_last``): exactly one of them."""
     if (split_at is None) == (holdout_last is None):
         raise BadInput("give exactly one of --split TIME and --holdout-last FRACTION", code="invalid_split")
-    note = Progress("evaluate", enabled=show_progress).note
-    active_name, active_params = active_model(conn)
-    candidates: dict[str, dict[str, Any]] = {active_name: active_params}
-    if model is not None and model != active_name:
-        candidates[model] = model_params(conn, model)
-
-    started = time.perf_counter()
-    events = split.load_events(conn)
     if events.empty:
         raise BadInput("the event log is empty: nothing to evaluate", code="no_events")
-    cut = (
-        split.by_time(events, split_at)
-        if split_at is not None
-        else split.holdout_last(events, holdout_last or 0)
-    )
-    truth_events = split.test_truth(cut)
-    truth = metrics.gains(truth_events)
+    if split_at is not None:
+        return split.by_time(events, split_at)
+    return split.holdout_last(events, holdout_last or 0)
+
+
+def plan(conn: psycopg.Connection[Any], cut: split.Split, *, max_users: int | None = None) -> Plan:
+    """Test users (all, or a deterministic sample of ``max_users``) and their relevant items."""
+    truth = metrics.gains(split.test_truth(cut))
     users = sorted(truth["user_id"].unique())
     if max_users is not None and len(users) > max_users:
         users = sorted(pd.Series(users).sample(max_users, random_state=0))  # deterministic sample
@@ -113,55 +143,131 @@ def evaluate(
         raise BadInput(
             f"split {cut.description} leaves no user with new items after it", code="invalid_split"
         )
+    items = conn.execute("SELECT count(*) AS n FROM recsql.items").fetchone()
+    # Items reach the catalog when folded; count those only in the log too.
+    in_log = pd.concat([cut.train["item_id"], cut.test["item_id"]]).nunique()
+    return Plan(
+        cut,
+        truth,
+        users,
+        catalog_size=max(int(items["n"]) if items else 0, in_log),
+        popularity=cut.train.groupby("item_id")["user_id"].nunique(),
+        n_train_users=cut.train["user_id"].nunique(),
+    )
+
+
+def run(
+    conn: psycopg.Connection[Any],
+    source_url: str,
+    the_plan: Plan,
+    candidates: Sequence[Candidate],
+    *,
+    external: Mapping[str, Lists] | None = None,
+    prototypes: Sequence[str] = (),
+    ks: Sequence[int] = metrics.KS,
+    show_progress: bool = True,
+    keep_lists: bool = False,
+) -> Result:
+    """Replay the plan's training events once into a scratch database (catalog and text vectors from
+    ``conn``, ``prototypes`` SQL run after migrating), ask each candidate in turn for top-k, compute
+    each ``external`` recommender's lists, and score them all with the same metrics."""
+    note = Progress("evaluate", enabled=show_progress).note
+    cut, users = the_plan.cut, the_plan.users
     note(
         f"split {cut.description}: {len(cut.train):,} training events, {len(cut.test):,} test events,"
         f" {len(users):,} test users (data {cut.fingerprint})"
     )
-    popularity = cut.train.groupby("item_id")["user_id"].nunique()
-    n_train_users = cut.train["user_id"].nunique()
-    items = conn.execute("SELECT count(*) AS n FROM recsql.items").fetchone()
-    # Items reach the catalog when folded; count those only in the log too.
-    catalog_size = max(int(items["n"]) if items else 0, events["item_id"].nunique())
+    started = time.perf_counter()
     k_max = max(ks)
     result = Result(str(uuid.uuid4()), cut.description, cut.fingerprint, len(users), pd.DataFrame())
     frames = []
 
-    def scored(name: str, lists: pd.DataFrame) -> None:
-        s = metrics.score(
-            lists, truth, catalog_size=catalog_size, popularity=popularity, n_train_users=n_train_users, ks=ks
-        )
-        frames.append(s.assign(model=name))
+    def scored(name: str, lists: pd.DataFrame, since: float) -> None:
+        frames.append(the_plan.score(lists, ks).assign(model=name))
+        result.seconds[name] = time.perf_counter() - since
+        if keep_lists:
+            result.lists[name] = lists
 
-    with replay.scratch_database(source_url) as scratch_url, db.connect(scratch_url) as scratch:
-        replay.copy_catalog(conn, scratch)
-        for n, (name, params) in enumerate(candidates.items()):
+    if candidates:
+        with (
+            replay.scratch_database(source_url, prototypes) as scratch_url,
+            db.connect(scratch_url) as scratch,
+        ):
             t0 = time.perf_counter()
-            how = replay.apply_params(scratch, params)
-            if n == 0:
-                replay.load_events(
-                    scratch,
-                    cut.train,
-                    Progress(f"replaying training events for {name}", enabled=show_progress, unit="events"),
-                )
-                api.flush(scratch)
-                _refit_behavior(scratch)
-            elif how == "rebuilt":
-                note(f"{name}: its parameters shape derived state; rebuilt it from the training events")
-                _refit_behavior(scratch)
-            lists = replay.recommend_all(
+            replay.copy_catalog(conn, scratch)
+            replay.apply_params(scratch, candidates[0].params)
+            replay.load_events(
                 scratch,
-                users,
-                k_max,
-                Progress(f"asking {name} for top-{k_max}", enabled=show_progress, unit="users"),
+                cut.train,
+                label=f"replaying training events for {candidates[0].name}",
+                show_progress=show_progress,
             )
-            scored(name, lists)
-            result.seconds[name] = time.perf_counter() - t0
-            result.params[name] = params
-    if baseline:
+            note("refreshing neighbour lists and fitting behaviour vectors on the training events")
+            api.flush(scratch)
+            scratch.execute("ANALYZE")
+            _refit_behavior(scratch)
+            result.seconds["replay"] = time.perf_counter() - t0
+            for candidate in candidates:
+                t0 = time.perf_counter()
+                if replay.apply_params(scratch, candidate.params) == "rebuilt":
+                    note(
+                        f"{candidate.name}: its parameters shape derived state; rebuilt it from the training events"
+                    )
+                    scratch.execute("ANALYZE")
+                    _refit_behavior(scratch)
+                around = candidate.around(scratch) if candidate.around else nullcontext()
+                with around:
+                    lists = replay.recommend_all(
+                        scratch,
+                        users,
+                        k_max,
+                        label=f"asking {candidate.name} for top-{k_max}",
+                        show_progress=show_progress,
+                    )
+                scored(candidate.name, lists, t0)
+                result.params[candidate.name] = candidate.params
+    for name, recommender in (external or {}).items():
         t0 = time.perf_counter()
-        scored(POPULAR, popular_lists(cut.train, users, k_max))
-        result.seconds[POPULAR] = time.perf_counter() - t0
+        scored(name, recommender(cut, users, k_max), t0)
+    if not frames:
+        raise BadInput("nothing to evaluate: give at least one model or recommender", code="invalid_split")
     result.scores = pd.concat(frames, ignore_index=True)[["model", "metric", "k", "value"]]
+    result.seconds["total"] = time.perf_counter() - started
+    return result
+
+
+def evaluate(
+    conn: psycopg.Connection[Any],
+    source_url: str,
+    *,
+    model: str | None = None,
+    models: Sequence[str] = (),
+    split_at: datetime | None = None,
+    holdout_last: float | None = None,
+    baseline: bool = True,
+    ks: tuple[int, ...] = metrics.KS,
+    max_users: int | None = None,
+    show_progress: bool = True,
+) -> Result:
+    """Evaluate ``model`` (and ``models``) beside the active one against the log behind ``conn``;
+    store the scores in recsql.evaluations."""
+    started = time.perf_counter()
+    active_name, active_params = active_model(conn)
+    candidates = [Candidate(active_name, active_params)]
+    for name in dict.fromkeys([*([model] if model else []), *models]):
+        if name != active_name:
+            candidates.append(Candidate(name, model_params(conn, name)))
+    cut = cut_events(split.load_events(conn), split_at=split_at, holdout_last=holdout_last)
+    the_plan = plan(conn, cut, max_users=max_users)
+    result = run(
+        conn,
+        source_url,
+        the_plan,
+        candidates,
+        external={POPULAR: popular_lists} if baseline else None,
+        ks=ks,
+        show_progress=show_progress,
+    )
     result.seconds["total"] = time.perf_counter() - started
     _store(conn, result)
     return result

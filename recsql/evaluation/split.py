@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 
@@ -23,6 +25,8 @@ class Split:
     test: pd.DataFrame
     description: str
     fingerprint: str
+    # When set, only test interactions with these items count (items held out of training).
+    only_items: frozenset[str] | None = None
 
 
 def load_events(conn: psycopg.Connection[Any]) -> pd.DataFrame:
@@ -57,17 +61,43 @@ def by_time(events: pd.DataFrame, at: datetime) -> Split:
 
 
 def holdout_last(events: pd.DataFrame, fraction: float) -> Split:
-    """Each user's last ``fraction`` of events (by time, then arrival) is the test."""
+    """Each user's last ``fraction`` of events (by time, then arrival) is the test.
+
+    A user with n >= 2 events holds out ceil(fraction * n) of them, at most n - 1: everyone with
+    a history to learn from is tested on at least one event.
+    """
     if not 0 < fraction < 1:
         raise BadInput(f"--holdout-last must be between 0 and 1, got {fraction}", code="invalid_split")
     ordered = events.sort_values(["user_id", "ts", "seq"], kind="stable")
     position = ordered.groupby("user_id").cumcount()
     size = ordered.groupby("user_id")["seq"].transform("size")
-    cut = (size * (1 - fraction)).round().clip(lower=1)
-    is_test = (position >= cut) & (size >= 2)
+    held = np.minimum(np.ceil(fraction * size), size - 1)
+    is_test = position >= size - held
     train, test = ordered[~is_test].sort_values("seq"), ordered[is_test].sort_values("seq")
     _check(train, test, f"holdout-last:{fraction}")
     return Split(train, test, f"holdout-last:{fraction}", fingerprint(events))
+
+
+def cold_items(events: pd.DataFrame, fraction: float, seed: int) -> frozenset[str]:
+    """A deterministic ``fraction`` of the items in ``events`` (the same for the same data and seed)."""
+    if not 0 < fraction < 1:
+        raise BadInput(
+            f"the cold-item fraction must be between 0 and 1, got {fraction}", code="invalid_split"
+        )
+    items = pd.Series(sorted(events["item_id"].unique()))
+    return frozenset(items.sample(round(fraction * len(items)), random_state=seed))
+
+
+def hold_out_items(cut: Split, items: Iterable[str]) -> Split:
+    """``cut`` with every training event on ``items`` dropped; only test interactions with them count.
+
+    This is cold start: items the model never saw an event for, judged on whether lists show them.
+    """
+    cold = frozenset(items)
+    train = cut.train[~cut.train["item_id"].isin(cold)]
+    description = f"{cut.description}+cold-items:{len(cold)}"
+    _check(train, cut.test, description)
+    return Split(train, cut.test, description, cut.fingerprint, only_items=cold)
 
 
 def _check(train: pd.DataFrame, test: pd.DataFrame, what: str) -> None:
@@ -79,9 +109,12 @@ def _check(train: pd.DataFrame, test: pd.DataFrame, what: str) -> None:
 
 
 def test_truth(split: Split) -> pd.DataFrame:
-    """Test interactions with items the user had not touched in training (what a list can add)."""
+    """Test interactions with items the user had not touched in training (what a list can add),
+    restricted to ``only_items`` when the split has them."""
     seen = split.train[["user_id", "item_id"]].drop_duplicates()
     known_users = set(split.train["user_id"])
     test = split.test[split.test["user_id"].isin(known_users)]
+    if split.only_items is not None:
+        test = test[test["item_id"].isin(split.only_items)]
     merged = test.merge(seen, on=["user_id", "item_id"], how="left", indicator=True)
     return merged[merged["_merge"] == "left_only"].drop(columns="_merge")

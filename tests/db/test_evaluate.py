@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -211,3 +212,94 @@ def test_readers_never_fail_nor_see_a_mix_while_promoting(shop, conn):
             t.join()
     assert errors == []
     assert seen == {(15, 10, 5.0), (30, 5, 4.0)}  # the old model or the new one, nothing in between
+
+
+def test_external_lists_are_scored_on_the_same_plan(shop, conn):
+    from recsql.evaluation import metrics, split
+
+    cut = run.cut_events(split.load_events(conn), holdout_last=0.1)
+    plan = run.plan(conn, cut)
+
+    def oracle(cut: split.Split, users: list[str], k: int) -> pd.DataFrame:
+        truth = plan.truth  # perfect lists: each user's own held-out items
+        rows = [(u, i, r) for u, g in truth.groupby("user_id") for r, i in enumerate(g["item_id"], 1)]
+        return pd.DataFrame(rows, columns=metrics.LIST_COLUMNS)
+
+    result = run.run(conn, shop, plan, [], external={"oracle": oracle}, show_progress=False, keep_lists=True)
+    assert result.value("oracle", "ndcg", 10) == 1.0 and result.value("oracle", "hr", 5) == 1.0
+    assert set(result.lists) == {"oracle"} and result.users == len(plan.users)
+    with pytest.raises(BadInput, match="nothing to evaluate"):
+        run.run(conn, shop, plan, [], show_progress=False)
+
+
+def test_prototype_sql_and_scratch_changes_reach_only_the_scratch_database(shop, conn):
+    from contextlib import contextmanager
+
+    from recsql.evaluation import split
+
+    empty = (
+        "CREATE OR REPLACE FUNCTION recsql.recommend(user_id text, k integer default 10, category text default null,"
+        " in_stock_only boolean default false, exclude_purchased boolean default true,"
+        " exclude_seen boolean default false) RETURNS TABLE (item_id text, score double precision, reason text)"
+        " LANGUAGE sql STABLE AS $$ SELECT 'n0'::text, 1.0::double precision, 'prototype'::text LIMIT k $$"
+    )
+    cut = run.cut_events(split.load_events(conn), holdout_last=0.1)
+    plan = run.plan(conn, cut)
+    params = run.active_model(conn)[1]
+    seen_hidden = []
+
+    @contextmanager
+    def hide_all(scratch):
+        scratch.execute("UPDATE recsql.items SET hidden_at = now()")
+        seen_hidden.append(
+            scratch.execute("SELECT count(*) AS n FROM recsql.items WHERE hidden_at IS NULL").fetchone()["n"]
+        )
+        yield
+        scratch.execute("UPDATE recsql.items SET hidden_at = NULL")
+
+    normal = run.run(
+        conn,
+        shop,
+        plan,
+        [run.Candidate("real", params), run.Candidate("hidden", params, hide_all)],
+        show_progress=False,
+    )
+    assert normal.value("real", "hr", 10) > 0.6 and normal.value("hidden", "hr", 10) == 0.0
+    assert seen_hidden == [0] and normal.seconds["replay"] > 0
+    proto = run.run(
+        conn, shop, plan, [run.Candidate("proto", params)], prototypes=[empty], show_progress=False
+    )
+    assert proto.value("proto", "coverage", 10) == pytest.approx(1 / plan.catalog_size)
+    # The live database keeps its own function and items.
+    assert (
+        conn.execute("SELECT count(*) AS n FROM recsql.items WHERE hidden_at IS NOT NULL").fetchone()["n"]
+        == 0
+    )
+    assert (
+        "prototype"
+        not in conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'recommend'").fetchone()["prosrc"]
+    )
+    with pytest.raises(BadInput, match="prototype SQL #1 failed"):
+        run.run(
+            conn,
+            shop,
+            plan,
+            [run.Candidate("bad", params)],
+            prototypes=["SELECT nonsense("],
+            show_progress=False,
+        )
+
+
+def test_several_candidates_from_the_command_line(shop, conn):
+    for name, window in (("w5", 5), ("w20", 20)):
+        conn.execute(
+            "INSERT INTO recsql.models (name, params) SELECT %s, recsql.check_params(%s)",
+            (name, json.dumps({"cooc_window": window})),
+        )
+    res = CliRunner().invoke(
+        cli.main, ["evaluate", "--holdout-last", "0.1", "--model", "w5", "--model", "w20", "--format", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {s["model"] for s in doc["scores"]} == {"default", "w5", "w20", "popular"}
+    assert {"replay", "default", "w5", "w20", "popular", "total"} <= set(doc["seconds"])

@@ -55,3 +55,22 @@ def test_gains_keep_the_best_event():
 def test_no_test_users_is_an_error():
     with pytest.raises(ValueError, match="no test users"):
         _score([], [])
+
+
+def test_per_user_values_average_to_the_scores():
+    recs = pd.DataFrame(
+        [("u1", "a", 1), ("u1", "b", 2), ("u2", "c", 1), ("u2", "a", 2)], columns=metrics.LIST_COLUMNS
+    )
+    truth = pd.DataFrame(
+        [("u1", "b", 1.0), ("u2", "c", 2.0), ("u3", "a", 1.0)], columns=["user_id", "item_id", "gain"]
+    )
+    rows = metrics.per_user(recs, truth, 2).set_index("user_id")
+    assert list(rows.index) == ["u1", "u2", "u3"]
+    assert rows.loc["u1", "ndcg"] == pytest.approx(1 / math.log2(3))
+    assert rows.loc["u2", "ndcg"] == 1.0 and rows.loc["u2", "mrr"] == 1.0
+    assert rows.loc["u3"].sum() == 0.0  # no list: a miss on every metric
+    scores = _score(
+        list(recs.itertuples(index=False, name=None)), list(truth.itertuples(index=False, name=None))
+    )
+    for metric in metrics.USER_METRICS:
+        assert scores[(metric, 2)] == pytest.approx(rows[metric].mean())
