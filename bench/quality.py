@@ -110,9 +110,45 @@ def load_catalog(data_dir: Path) -> list[dict[str, Any]]:
                 "title": title,
                 "category": category,
                 "properties": {"description": " ".join(parts)},
+                "released": int(year) if year.isdigit() else None,
             }
         )
     return rows
+
+
+def date_catalog(conn: psycopg.Connection[Any], catalog: list[dict[str, Any]], events: pd.DataFrame) -> None:
+    """Items entered the catalog when the film came out (January 1st of its year; the first rating's
+    day when the year is missing): none of them is new today, as in a shop's long-standing catalog.
+    The cold-start check then marks its held-out items as just added."""
+    first = events["ts"].min().to_pydatetime()
+    dated = [
+        (it["item_id"], datetime(it["released"], 1, 1, tzinfo=UTC) if it.get("released") else first)
+        for it in catalog
+    ]
+    conn.execute(
+        "UPDATE recsql.items i SET created_at = x.created_at"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS x(item_id, created_at) WHERE i.item_id = x.item_id",
+        ([d[0] for d in dated], [d[1] for d in dated]),
+    )
+
+
+@contextmanager
+def added_now(url: str, items: frozenset[str]) -> Iterator[None]:
+    """The given items count as just added to the catalog (created_at = now()) for the block."""
+    with db.connection(url) as conn:
+        before = conn.execute(
+            "SELECT item_id, created_at FROM recsql.items WHERE item_id = ANY(%s)", (sorted(items),)
+        ).fetchall()
+        conn.execute("UPDATE recsql.items SET created_at = now() WHERE item_id = ANY(%s)", (sorted(items),))
+    try:
+        yield
+    finally:
+        with db.connection(url) as conn:
+            conn.execute(
+                "UPDATE recsql.items i SET created_at = x.created_at"
+                " FROM unnest(%s::text[], %s::timestamptz[]) AS x(item_id, created_at) WHERE i.item_id = x.item_id",
+                ([r["item_id"] for r in before], [r["created_at"] for r in before]),
+            )
 
 
 def fresh_database(server_url: str, name: str, prototypes: Sequence[str] = ()) -> str:
@@ -155,6 +191,7 @@ def build_source(
     info: dict[str, Any] = {}
     with db.connection(url) as conn:
         info["items"] = load.upsert_items(conn, catalog)
+        date_catalog(conn, catalog, events)
         columns = ["user_id", "item_id", "event_type", "ts", "value", "event_id"]
         info["events"] = load.copy_events(
             conn, ((*row, None) for row in events[columns].itertuples(index=False, name=None))
@@ -593,7 +630,10 @@ def cold_start(
         f"\nCold start: {len(cold)} items ({COLD_FRACTION:.0%}, seed {COLD_SEED}) without training events",
         flush=True,
     )
-    the_plan, result = bench.run(cut, candidates, {"most-popular": run.popular_lists}, keep_lists=True)
+    # The held-out items are the shop's new products: added just now, nothing known about them but
+    # their text (every other item was added long ago, see date_catalog).
+    with added_now(bench.url, cold):
+        the_plan, result = bench.run(cut, candidates, {"most-popular": run.popular_lists}, keep_lists=True)
     rows = [row(result, m) for m in dict.fromkeys(result.scores["model"])]
     hidden_lists = result.lists[hidden]
     lengths = {str(u): int(n) for u, n in hidden_lists.groupby("user_id").size().items()}
