@@ -2,6 +2,7 @@
 
     python bench/http_load.py                              # 4 gunicorn workers, 32 connections, 20 s per run
     python bench/http_load.py --workers 8 --connections 64 --duration 30 --no-with-worker
+    python bench/http_load.py --workers 2 --server-threads 8 --scenario-connections recommend=2,track=16
 
 Builds its own database recsql_bench_http (100,000 synthetic events, 5,000 items) on recsql's server,
 creates a track and a read key with `recsql keys create`, starts `recsql serve` (and `recsql worker`,
@@ -184,10 +185,16 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], logfile: Path, timeout_
 CpuSnapshot = tuple[dict[int, tuple[str, float]], tuple[float, float], float]
 
 
+# Titles of the cluster's processes that serve every database (and so also the bench's).
+_SHARED_TITLES = {"walwriter", "checkpointer", "background", "logical", "io", "walsummarizer", "archiver"}
+
+
 class CpuMeter:
-    """CPU seconds by role: the server's and the worker's process groups, the PostgreSQL cluster
-    (postmaster and its children), wrk, interrupts, and the rest of the machine (anything else running,
-    which makes the numbers lower than the machine can do)."""
+    """CPU seconds by role: the server's and the worker's process groups, PostgreSQL (the bench
+    database's backends), the cluster's shared processes (postmaster, WAL writer, checkpointer, I/O
+    workers: they also work for any other database on the cluster), wrk, interrupts, and the rest of
+    the machine (anything else running, backends of other databases included, which makes the numbers
+    lower than the machine can do)."""
 
     def __init__(self, url: str) -> None:
         self.groups: dict[int, str] = {}
@@ -196,6 +203,7 @@ class CpuMeter:
         self.postmaster = -1
         with db.connection(url) as conn:
             backend = benchdb.one(conn, "SELECT pg_backend_pid() AS pid")["pid"]
+            self.dbname = conn.info.dbname
             try:
                 self.postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except OSError:
@@ -214,10 +222,24 @@ class CpuMeter:
             pid, ppid, pgrp = int(entry.name), int(fields[1]), int(fields[2])
             role = self.groups.get(pgrp)
             if role is None and self.postmaster in (pid, ppid):
-                role = "postgres"
+                role = self._cluster_role(entry)
             if role is not None:
                 used[pid] = (role, (int(fields[11]) + int(fields[12])) / self.tick)
         return used
+
+    def _cluster_role(self, entry: Path) -> str | None:
+        """ "postgres" for the bench database's backends, "pg_shared" for the cluster's shared processes
+        (they also work for other databases), None (counted as other) for other databases' backends."""
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+        except OSError:
+            return None
+        # A backend's title is "postgres: <user> <database> <client> <state>".
+        if title[:1] != ["postgres:"] or len(title) < 4 or title[1] in _SHARED_TITLES:
+            return "pg_shared"  # the postmaster, WAL writer, checkpointer, I/O workers...
+        if self.dbname in title[1:4] or (title[1] == "autovacuum" and self.dbname in title):
+            return "postgres"
+        return None
 
     @staticmethod
     def _busy() -> tuple[float, float]:
@@ -247,7 +269,7 @@ class CpuMeter:
         """
         procs, busy, children = start
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        used = dict.fromkeys([*self.groups.values(), "postgres"], 0.0)
+        used = dict.fromkeys([*self.groups.values(), "postgres", "pg_shared"], 0.0)
         for pid, (role, cpu) in self._processes().items():
             before = procs.get(pid)
             used[role] += cpu - (before[1] if before is not None and before[0] == role else 0.0)
@@ -264,10 +286,11 @@ class CpuMeter:
 
 
 def run_wrk(base: str, scenario: Scenario, args: argparse.Namespace, meter: CpuMeter) -> dict[str, Any]:
+    connections = args.scenario_connections.get(scenario.name, args.connections)
     cmd = [
         args.wrk,
-        f"--threads={args.threads}",
-        f"--connections={args.connections}",
+        f"--threads={min(args.threads, connections)}",
+        f"--connections={connections}",
         f"--duration={args.duration}s",
         "--timeout=10s",
         f"--script={LUA / scenario.lua}",
@@ -283,6 +306,7 @@ def run_wrk(base: str, scenario: Scenario, args: argparse.Namespace, meter: CpuM
     if done.returncode != 0 or not lines:
         raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH_JSON "))
+    result["connections"] = connections
     result["rps"] = result["requests"] / result["duration_s"]
     result["socket_errors_total"] = sum(result["socket_errors"].values())
     result["errors"] = result["non2xx"] + result["socket_errors_total"]
@@ -318,6 +342,10 @@ def settle(url: str, meter: CpuMeter, timeout_s: float) -> dict[str, Any]:
             queued = {r["space"]: int(r["queued"]) for r in store.queue_lag(conn)}
         waited = round(time.monotonic() - started, 1)
         if busy < 0.05 and pending == 0:
+            # What the worker wrote (vectors, lists, stats) gets its statistics and visibility map now,
+            # as autovacuum would give it in a running shop, instead of during the first runs.
+            with db.connection(url) as conn:
+                conn.execute("VACUUM ANALYZE")
             return {"settled": True, "waited_s": waited, "embedding_queue": queued}
         if waited > timeout_s:
             log(f"!!! worker still busy after {timeout_s:.0f} s; measuring anyway")
@@ -362,7 +390,7 @@ def measure(base: str, url: str, sc: Scenario, args: argparse.Namespace, meter: 
         r["events_per_s"] = r["rps"] * sc.events_per_request
         stored = after["events"] - before["events"]
         # Requests cut off at wrk's deadline are stored but not counted: up to one per connection.
-        slack = args.connections * sc.events_per_request
+        slack = args.scenario_connections.get(sc.name, args.connections) * sc.events_per_request
         r["rows"] = {
             "stored": stored,
             "events_in_2xx_requests": (r["requests"] - r["non2xx"]) * sc.events_per_request,
@@ -375,6 +403,17 @@ def measure(base: str, url: str, sc: Scenario, args: argparse.Namespace, meter: 
     return r
 
 
+def per_scenario(text: str) -> dict[str, int]:
+    """``recommend=4,track=16`` as {"recommend": 4, "track": 16}."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"expected name=connections, got {part!r}")
+        out[name.strip()] = int(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (recsql serve --workers).")
@@ -383,6 +422,12 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=int, default=20, help="Seconds per wrk run.")
     parser.add_argument("--connections", type=int, default=32, help="Open connections wrk keeps busy.")
+    parser.add_argument(
+        "--scenario-connections",
+        type=per_scenario,
+        default={},
+        help="Connections for some scenarios, e.g. recommend=4,track=16 (the others get --connections).",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads.")
     parser.add_argument(
         "--with-worker",
@@ -419,7 +464,7 @@ def main() -> None:
     if args.wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(names) - {"healthz", "recommend", "track", "batch"}
+    unknown = (set(names) | set(args.scenario_connections)) - {"healthz", "recommend", "track", "batch"}
     if unknown:
         raise SystemExit(f"unknown scenarios {sorted(unknown)}")
 
@@ -479,7 +524,9 @@ def main() -> None:
             settled = settle(url, meter, args.settle_timeout)
             log(f"worker settled in {settled['waited_s']} s")
         for name in names:
-            log(f"{name}: wrk {args.connections} connections, {args.duration} s ...")
+            log(
+                f"{name}: wrk {args.scenario_connections.get(name, args.connections)} connections, {args.duration} s ..."
+            )
             results[name] = measure(base, url, scenarios[name], args, meter)
             if serve.poll() is not None:
                 raise SystemExit(f"recsql serve died during {name}:\n{tail(tmp / 'serve.log')}")
@@ -494,7 +541,10 @@ def main() -> None:
     payload = {
         "machine": machine,
         "args": {k: v for k, v in vars(args).items() if k != "wrk"},
-        "concurrency": {"connections": args.connections, "wrk_threads": args.threads},
+        "concurrency": {
+            "connections": {n: args.scenario_connections.get(n, args.connections) for n in names},
+            "wrk_threads": args.threads,
+        },
         "workers": args.workers,
         "server_threads": args.server_threads,
         "with_worker": args.with_worker,
@@ -520,11 +570,11 @@ def print_table(
     worker = "with `recsql worker`" if args.with_worker else "no worker"
     threads = "" if args.server_threads is None else f" --threads {args.server_threads}"
     print(
-        f"recsql serve --workers {args.workers}{threads}, {worker}; wrk {args.threads} threads,"
-        f" {args.connections} connections, {args.duration} s per run"
+        f"recsql serve --workers {args.workers}{threads}, {worker}; wrk {args.threads} threads"
+        f" (at most one per connection), {args.duration} s per run"
     )
     print(
-        f"{'run':<10} {'requests':>9} {'req/s':>8} {'events/s':>9} {'p50':>7} {'p90':>7} {'p99':>7}"
+        f"{'run':<10} {'conns':>5} {'requests':>9} {'req/s':>8} {'events/s':>9} {'p50':>7} {'p90':>7} {'p99':>7}"
         f" {'max':>7} {'errors':>6}  target"
     )
     for name, r in results.items():
@@ -538,7 +588,7 @@ def print_table(
             ]
             target = ", ".join(parts)
         print(
-            f"{name:<10} {r['requests']:>9,} {r['rps']:>8,.0f} {eps} {lat['p50']:>7.2f} {lat['p90']:>7.2f}"
+            f"{name:<10} {r['connections']:>5} {r['requests']:>9,} {r['rps']:>8,.0f} {eps} {lat['p50']:>7.2f} {lat['p90']:>7.2f}"
             f" {lat['p99']:>7.2f} {lat['max']:>7.1f} {r['errors']:>6}  {target}"
         )
     print(f"latencies in ms; cores busy during each run (of {machine['cores']}) | CPU ms per request:")

@@ -13,6 +13,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -174,8 +175,11 @@ class KeyCache:
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, conn: Conn, presented: str) -> ApiKey | None:
-        """The stored key matching ``presented`` (revoked ones included), or None."""
+    def authenticate(self, connect: Callable[[], Conn], presented: str) -> ApiKey | None:
+        """The stored key matching ``presented`` (revoked ones included), or None.
+
+        ``connect`` is called only when the key must be read from the database (not cached).
+        """
         parsed = parse(presented)
         if parsed is None:
             return None
@@ -184,7 +188,7 @@ class KeyCache:
         with self._lock:
             entry = self._entries.get(key_id)
         if entry is None or now - entry[0] > self.ttl:
-            entry = (now, lookup(conn, key_id))
+            entry = (now, lookup(connect(), key_id))
             with self._lock:
                 if len(self._entries) > 10_000:
                     self._entries.clear()  # bounded: a flood of made-up ids cannot grow it

@@ -4,15 +4,18 @@ carrying item details and an id under which each served list is logged for attri
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from recsql import api
@@ -89,6 +92,33 @@ def _insert(conn: Conn, events: Sequence[Event]) -> set[str]:
     return {row["event_id"] for row in conn.execute(_INSERT_MANY, cols).fetchall()}
 
 
+def _atomic(conn: Conn) -> AbstractContextManager[Any]:
+    """A transaction around one statement, unless autocommit already makes the statement one."""
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        return nullcontext()  # saves the BEGIN and COMMIT round trips
+    return conn.transaction()
+
+
+def _track_one(conn: Conn, ev: Event) -> Outcome:
+    """``track_many`` of a single event, in one round trip (``recsql.track``)."""
+    try:
+        row = api.track(
+            conn,
+            ev.user_id,
+            ev.item_id,
+            ev.event_type,
+            ts=ev.ts,
+            value=ev.value,
+            event_id=ev.event_id,
+            session_id=ev.session_id,
+            properties=ev.properties,
+            recommendation_id=ev.recommendation_id,
+        )
+    except BadInput as exc:
+        return Outcome("rejected", ev.event_id, exc)
+    return Outcome("duplicate" if row["duplicate"] else "accepted", str(row["event_id"]))
+
+
 def track_many(conn: Conn, events: Sequence[Event]) -> list[Outcome]:
     """Store a batch in one statement; when the database rejects it, store each event on its own.
 
@@ -99,7 +129,7 @@ def track_many(conn: Conn, events: Sequence[Event]) -> list[Outcome]:
     for ev in events:
         ev.event_id = ev.event_id or new_event_id()
     try:
-        with conn.transaction():
+        with _atomic(conn):
             stored = _insert(conn, events)
         return _outcomes(events, stored)
     except psycopg.Error as exc:
@@ -110,7 +140,7 @@ def track_many(conn: Conn, events: Sequence[Event]) -> list[Outcome]:
     for ev in events:
         assert ev.event_id is not None
         try:
-            with conn.transaction():
+            with _atomic(conn):
                 stored = _insert(conn, [ev])
         except psycopg.Error as exc:
             error = translate(exc)
@@ -136,6 +166,77 @@ def _outcomes(events: Sequence[Event], stored: set[str]) -> list[Outcome]:
     return outcomes
 
 
+class _Waiter:
+    """One caller's event in a TrackQueue: woken with its outcome, or to store the next batch."""
+
+    __slots__ = ("error", "event", "lead", "outcome", "woken")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.woken = threading.Event()
+        self.lead = False
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+
+
+class TrackQueue:
+    """Stores single events from concurrent callers together (group commit).
+
+    A caller that finds no batch being stored stores the waiting events itself, on a connection
+    it takes from ``connect``, in one statement and one commit (``track_many``); events that arrive meanwhile wait
+    and the first of them stores the next batch. Every caller returns only after its own event was
+    committed, with its own outcome, so a response still means stored. Under load one commit (and
+    one WAL flush, and one row for the folder's inbox) serves several requests; alone, a caller
+    stores its event at once.
+    """
+
+    def __init__(self, max_batch: int = 200) -> None:
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiter] = []
+        self._storing = False
+
+    def track(self, connect: Callable[[], Conn], event: Event) -> Outcome:
+        """Store ``event`` (alone or with others); its outcome, or the error that stopped its batch."""
+        me = _Waiter(event)
+        with self._lock:
+            self._waiting.append(me)
+            if not self._storing:
+                self._storing = me.lead = True
+        if not me.lead:
+            me.woken.wait()
+        if me.lead and me.outcome is None and me.error is None:
+            self._store(connect)
+        if me.error is not None:
+            raise me.error
+        assert me.outcome is not None
+        return me.outcome
+
+    def _store(self, connect: Callable[[], Conn]) -> None:
+        """Store the waiting events (the leader's first among them), then hand the lead on."""
+        with self._lock:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        try:
+            conn = connect()
+            events = [w.event for w in batch]
+            outcomes = [_track_one(conn, events[0])] if len(events) == 1 else track_many(conn, events)
+            for waiter, outcome in zip(batch, outcomes, strict=True):
+                waiter.outcome = outcome
+        except BaseException as exc:  # every caller in the batch hears of it, not only the leader
+            for waiter in batch:
+                waiter.error = exc
+        finally:
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].lead = True
+                    self._waiting[0].woken.set()
+                else:
+                    self._storing = False
+            for waiter in batch:
+                waiter.woken.set()
+
+
 @dataclass
 class ServedList:
     """A recommendation list as served: its log id and the items with their catalog details."""
@@ -157,6 +258,17 @@ _SURFACES: dict[str, LiteralString] = {
     "session": "SELECT item_id, score, reason, NULL::integer AS together"
     " FROM recsql.session_recommend(%(item_ids)s, %(k)s, %(category)s, %(in_stock_only)s)",
 }
+
+
+# The model for the user, and generic plans for this transaction's statements. The list functions
+# are PL/pgSQL and SQL whose plans depend on arrays and settings, not on values that make a custom
+# plan pay: left to choose, PostgreSQL replans the inlined ranking query on every call, which took
+# about a third of recommend()'s database time. Transaction-local: the pooled connection keeps
+# the server's setting for anything else.
+_SERVE_MODEL = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plans,"
+    " recsql.serve_model(%s) AS model"
+)
 
 
 def serve(
@@ -192,10 +304,13 @@ def serve(
     }
     rec_id = new_event_id()
     try:
-        with conn.transaction():
-            served = conn.execute("SELECT recsql.serve_model(%s) AS model", (user_id,)).fetchone()
+        # One pipeline: BEGIN, the model, the list (one round trip), then the log and COMMIT (one more).
+        with conn.pipeline(), conn.transaction():
+            model_cur = conn.execute(_SERVE_MODEL, (user_id,))
+            rows_cur = conn.execute(query, params)
+            served = model_cur.fetchone()
             model = str(served["model"]) if served and served["model"] else None
-            rows = list(conn.execute(query, params).fetchall())
+            rows = list(rows_cur.fetchall())
             if not rows and item_id is not None and not api.item_exists(conn, item_id):
                 raise NotFound(f"no item {item_id!r} in the catalog", code="item_not_found")
             if log:

@@ -44,7 +44,7 @@ def authorize(scope: str | None) -> None:
     presented = None if cfg["OPEN_ACCESS"] else _presented_key(scope)
     key = None
     if presented is not None:
-        key = _keys(current_app).authenticate(pool.conn(), presented)
+        key = _keys(current_app).authenticate(pool.conn, presented)
         if key is None:
             raise ApiError(
                 401, "invalid_key", "unknown or malformed API key; create one with `recsql keys create`"

@@ -7,7 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
 
 from recsql import api, serving
 from web import body, metrics, pool, schemas
@@ -22,6 +23,15 @@ _COOKIE_AGE = 365 * 24 * 3600
 _ID = re.compile(r"^[^\x00-\x1f\x7f-\x9f]{1,256}$")
 _EVENT = BodyValidator(schemas.EVENT)
 _TYPES = (body.JSON, body.BEACON)
+
+
+@bp.record_once
+def _create_queue(state: BlueprintSetupState) -> None:
+    state.app.extensions["recsql_track_queue"] = serving.TrackQueue()
+
+
+def _queue() -> serving.TrackQueue:
+    return current_app.extensions["recsql_track_queue"]  # type: ignore[no-any-return]
 
 
 def _anonymous_id(explicit: str | None = None) -> tuple[str, bool]:
@@ -101,22 +111,12 @@ def track_event() -> Response:
     anonymous, set_cookie = (None, False) if doc.get("userId") else _anonymous_id(doc.get("anonymousId"))
     user_id = doc.get("userId") or anonymous
     assert user_id is not None
-    ev = _event(doc, user_id)
-    result = api.track(
-        pool.conn(),
-        ev.user_id,
-        ev.item_id,
-        ev.event_type,
-        ts=ev.ts,
-        value=ev.value,
-        event_id=ev.event_id,
-        session_id=ev.session_id,
-        properties=ev.properties,
-        recommendation_id=ev.recommendation_id,
-    )
-    status = "duplicate" if result["duplicate"] else "accepted"
-    metrics.events(status, 1)
-    resp = jsonify(status=status, eventId=result["event_id"], userId=user_id)
+    # Concurrent requests share one INSERT and one commit; each returns once its event is stored.
+    outcome = _queue().track(pool.conn, _event(doc, user_id))
+    if outcome.error is not None:
+        raise outcome.error
+    metrics.events(outcome.status, 1)  # accepted or duplicate
+    resp = jsonify(status=outcome.status, eventId=outcome.event_id, userId=user_id)
     return _remember(resp, anonymous, set_cookie)
 
 
