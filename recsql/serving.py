@@ -266,9 +266,23 @@ _SURFACES: dict[str, LiteralString] = {
 # about a third of recommend()'s database time. Transaction-local: the pooled connection keeps
 # the server's setting for anything else.
 _SERVE_MODEL = (
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plans,"
-    " recsql.serve_model(%s) AS model"
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true) AS plans, m.model, st.schema_name AS state"
+    " FROM (SELECT recsql.serve_model(%s) AS model) m"
+    " LEFT JOIN recsql.model_states st ON st.model = m.model AND st.status = 'live'"
 )
+
+
+def _list_query(inner: LiteralString, state: str | None = None) -> sql.Composed:
+    """The list with catalog details; from a model state's own functions when ``state`` is given."""
+    source: sql.Composable = sql.SQL(inner)  # inner is one of the fixed texts above
+    if state is not None:
+        source = sql.SQL(inner.replace(" FROM recsql.", " FROM {state}.")).format(state=sql.Identifier(state))
+    # The join may reorder rows (a merge join sorts by item id): the list keeps its rank explicitly.
+    return sql.SQL(
+        "SELECT r.item_id, r.score, r.reason, r.together, i.title, i.category, i.price, i.in_stock"
+        " FROM (SELECT x.*, row_number() OVER () AS rank FROM ({}) x) r"
+        " LEFT JOIN recsql.items i ON i.item_id = r.item_id ORDER BY r.rank"
+    ).format(source)
 
 
 def serve(
@@ -289,10 +303,7 @@ def serve(
     NotFound for an unknown anchor item of ``similar`` / ``bought_together``.
     """
     inner = _SURFACES[surface]
-    query = sql.SQL(
-        "SELECT r.item_id, r.score, r.reason, r.together, i.title, i.category, i.price, i.in_stock"
-        " FROM ({}) r LEFT JOIN recsql.items i ON i.item_id = r.item_id"
-    ).format(sql.SQL(inner))  # inner is one of the fixed texts above
+    query = _list_query(inner)
     params = {
         "user_id": user_id,
         "item_id": item_id,
@@ -311,6 +322,10 @@ def serve(
             served = model_cur.fetchone()
             model = str(served["model"]) if served and served["model"] else None
             rows = list(rows_cur.fetchall())
+            if served and served["state"]:
+                # A candidate in an A/B test with derived state of its own: its list comes from
+                # that state (one more round trip, for its share of users only).
+                rows = list(conn.execute(_list_query(inner, str(served["state"])), params).fetchall())
             if not rows and item_id is not None and not api.item_exists(conn, item_id):
                 raise NotFound(f"no item {item_id!r} in the catalog", code="item_not_found")
             if log:

@@ -353,18 +353,19 @@ language sql stable as $$
                    as new_min_similarity
         from recsql.settings
     ), new_items as materialized (
-        -- Recently added items that nothing co-occurs with yet (the newest 200): scored on their
-        -- embeddings alone, they may take the last new_slots places of the list.
-        select i.item_key
-        from recsql.items i
-        cross join s
-        where s.w > 0 and s.new_slots > 0
-          and i.created_at >= now() - s.new_window
-          and i.hidden_at is null
-          and i.item_key <> all (p_excluded)
-          and not exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = i.item_key)
-        order by i.created_at desc, i.item_key
-        limit 200
+        -- Of the 200 newest items added within new_window, those nothing co-occurs with yet:
+        -- scored on their embeddings alone, they may take the last new_slots places of the list.
+        -- (Bounded first, filtered after: a catalog that adds many items stays one index range.)
+        select n.item_key
+        from (select i.item_key, i.hidden_at
+              from recsql.items i
+              cross join s
+              where s.w > 0 and s.new_slots > 0 and i.created_at >= now() - s.new_window
+              order by i.created_at desc
+              limit 200) n
+        where n.hidden_at is null
+          and n.item_key <> all (p_excluded)
+          and not exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = n.item_key)
     ), contributions as materialized (
         select ps.item_key, ps.source_key, ps.contribution
         from recsql._pair_scores('v', p_sources, p_weights) ps

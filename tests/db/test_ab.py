@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from recsql import api, cli, db, serving
 
@@ -96,3 +97,26 @@ def test_report_compares_candidates_with_the_active_model(models):
     rows = {r["model"]: r for r in json.loads(res.stdout)}
     assert rows["short"]["ctr"] == 1.0 and rows["default"]["active"] is True
     assert rows["short"]["ctr_diff"] > 0.5 and rows["short"]["ctr_p"] < 0.001
+
+
+def test_a_candidate_with_its_own_state_is_served_from_it(models):
+    import random
+
+    rng = random.Random(4)
+    for _ in range(600):
+        api.track(models, f"p{rng.randrange(30)}", f"i{rng.randrange(40)}", rng.choice(["view", "purchase"]))
+    api.flush(models)
+    api.build_model_state(models, "wide")
+    schema = str(api.model_state(models, "wide")["schema_name"])  # type: ignore[index]
+    models.execute("SELECT recsql.set_traffic('wide', 0.5)")
+    served_by: dict[str, int] = {}
+    for n in range(30):
+        user = f"p{n}"
+        served = serving.serve(models, "user", user_id=user, k=5)
+        served_by[served.model or ""] = served_by.get(served.model or "", 0) + 1
+        source = schema if served.model == "wide" else "recsql"
+        expected = models.execute(
+            sql.SQL("SELECT item_id FROM {}.recommend(%s, 5)").format(sql.Identifier(source)), (user,)
+        ).fetchall()
+        assert [i["item_id"] for i in served.items] == [r["item_id"] for r in expected], served.model
+    assert set(served_by) == {"wide", "default"}
