@@ -177,10 +177,9 @@ def needs_state(conn: Conn, model: str) -> bool:
     """Whether a model's parameters shape derived state differently from the active model's."""
     rows = _rows(
         conn,
-        "SELECT EXISTS (SELECT 1 FROM recsql.models c, recsql.models a, recsql.model_parameters p"
-        " WHERE c.name = %(m)s AND a.status = 'active' AND p.shapes_state"
-        " AND recsql.check_params(c.params) -> p.key IS DISTINCT FROM recsql.check_params(a.params) -> p.key)"
-        " AS needed",
+        "SELECT EXISTS (SELECT 1 FROM recsql.models c, recsql.models a"
+        " WHERE c.name = %(m)s AND a.status = 'active'"
+        " AND recsql._shaping_changes(a.params, c.params) IS NOT NULL) AS needed",
         {"m": model},
     )
     return bool(rows[0]["needed"])

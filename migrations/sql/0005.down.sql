@@ -410,6 +410,28 @@ $$;
 comment on function recsql._apply_params_to(jsonb, boolean) is
     'Writes parameters into settings and event_types (p_keep = false: check them against the constraints only)';
 
+create or replace function recsql.apply_params(p_params jsonb) returns text
+language plpgsql as $$
+declare
+    v_before jsonb := recsql.current_params();
+    v_params jsonb := recsql.check_params(p_params, v_before);
+    v_state_changed boolean;
+begin
+    v_state_changed := exists (
+        select 1 from recsql.model_parameters m
+        where m.shapes_state and (v_before -> m.key) is distinct from (v_params -> m.key));
+    perform recsql._apply_params_to(v_params, true);
+    if v_state_changed then
+        perform recsql.rebuild();
+        return 'rebuilt';
+    end if;
+    return 'applied';
+end
+$$;
+
+comment on function recsql.apply_params(jsonb) is
+    'Puts parameters in force; rebuilds derived state when a state-shaping one changed. Returns applied or rebuilt';
+
 create or replace function recsql.promote_model(p_name text) returns text
 language plpgsql as $$
 declare
@@ -482,6 +504,8 @@ comment on function recsql.set_traffic(text, double precision) is
     'Gives a candidate a share of users for an online test (0 ends it); at most two, shares below 1 in all';
 
 drop function recsql._forget_state(text[]);
+
+drop function recsql._shaping_changes(jsonb, jsonb);
 
 drop table recsql.model_states;
 

@@ -95,6 +95,16 @@ $$;
 comment on function recsql._forget_state(text[]) is
     'Subtracts the events of the given user ids from every derived table of one model state';
 
+create function recsql._shaping_changes(p_from jsonb, p_to jsonb) returns text
+language sql stable as $$
+    select string_agg(m.key, ', ' order by m.key)
+    from recsql.model_parameters m
+    where m.shapes_state and (p_from -> m.key) is distinct from (p_to -> m.key)
+$$;
+
+comment on function recsql._shaping_changes(jsonb, jsonb) is
+    'State-shaping parameters that differ between two params documents, or null';
+
 create or replace function recsql.events_after_insert() returns trigger
 language plpgsql as $$
 declare
@@ -510,6 +520,26 @@ $$;
 comment on function recsql._apply_params_to(jsonb, boolean) is
     'Writes parameters into settings and event_types (p_keep = false: check them against the constraints only)';
 
+create or replace function recsql.apply_params(p_params jsonb) returns text
+language plpgsql as $$
+declare
+    v_before jsonb := recsql.current_params();
+    v_params jsonb := recsql.check_params(p_params, v_before);
+    v_state_changed boolean;
+begin
+    v_state_changed := recsql._shaping_changes(v_before, v_params) is not null;
+    perform recsql._apply_params_to(v_params, true);
+    if v_state_changed then
+        perform recsql.rebuild();
+        return 'rebuilt';
+    end if;
+    return 'applied';
+end
+$$;
+
+comment on function recsql.apply_params(jsonb) is
+    'Puts parameters in force; rebuilds derived state when a state-shaping one changed. Returns applied or rebuilt';
+
 create or replace function recsql.promote_model(p_name text) returns text
 language plpgsql as $$
 declare
@@ -582,9 +612,7 @@ begin
             using errcode = '22023';
     end if;
     select params into v_active from recsql.models where status = 'active';
-    select string_agg(m.key, ', ' order by m.key) into v_differs
-    from recsql.model_parameters m
-    where m.shapes_state and (v_model.params -> m.key) is distinct from (v_active -> m.key);
+    v_differs := recsql._shaping_changes(v_active, v_model.params);
     if v_differs is not null
        and not exists (select 1 from recsql.model_states st where st.model = p_model and st.status = 'live') then
         raise exception '% changes % (derived state), so it needs its own state to be served beside the active model',
