@@ -245,20 +245,32 @@ create table recsql.neighbor_lists (
     scores real[] not null,
     together integer[] not null,
     refreshed_at timestamptz not null default now(),
+    users integer,
     constraint neighbor_lists_pkey primary key (kind, item_key)
 );
 
 comment on table recsql.neighbor_lists is
     'Per item and pair kind, the neighbors_per_item best neighbours by similarity, best first; read by the queries';
 
+comment on column recsql.neighbor_lists.refreshed_at is
+    'When the list was last computed from all the item''s pairs; patching it with changed partners leaves this';
+
+comment on column recsql.neighbor_lists.users is
+    'The item''s user count when the list was last computed whole: patches score new partners with it';
+
 create table recsql.neighbor_dirty (
     kind "char" not null,
     item_key integer not null,
     marked_at timestamptz not null default now(),
+    partners integer[],
     constraint neighbor_dirty_pkey primary key (kind, item_key)
 );
 
 comment on table recsql.neighbor_dirty is 'Items whose pairs changed since their neighbour list was computed';
+
+comment on column recsql.neighbor_dirty.partners is
+    'Null: recompute the whole list. Otherwise only these partners'' counts went up since then, and '
+    'the list is patched in place with them (no scan of the item''s pairs)';
 
 -- Serving: API keys, anonymous ids linked to users, and every list served over HTTP.
 

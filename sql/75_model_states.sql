@@ -43,6 +43,33 @@ $$;
 
 comment on function recsql._state_schema(text) is 'Name of the shadow schema holding a model''s state';
 
+-- (Re)creates a state's copies of recsql's functions: references to the state's tables and
+-- functions are moved into its schema, and lines marked "main only" (the loops over model states)
+-- are left out. Also run by migrations that change one of those functions.
+create function recsql._copy_state_functions(p_schema text) returns void
+language plpgsql as $$
+declare
+    v_names text;
+    v_fn record;
+    v_body text;
+begin
+    v_names := array_to_string(recsql._state_tables() || array['event_types', '_fold_lock_key']
+                               || recsql._state_functions(), '|');
+    for v_fn in
+        select p.oid from pg_proc p
+        where p.pronamespace = 'recsql'::regnamespace and p.proname = any (recsql._state_functions())
+    loop
+        v_body := regexp_replace(pg_get_functiondef(v_fn.oid), '\mrecsql\.(' || v_names || ')\M',
+                                 quote_ident(p_schema) || '.\1', 'g');
+        v_body := regexp_replace(v_body, '\n[^\n]*-- main only[^\n]*', '', 'g');
+        execute v_body;
+    end loop;
+end
+$$;
+
+comment on function recsql._copy_state_functions(text) is
+    'Creates or replaces a model state''s copies of the fold and query functions, bound to its schema';
+
 -- Creates a model's shadow schema, empty and registered (events are queued for it from the
 -- commit on); recsql.build_model_state() fills it.
 create function recsql._create_state(p_model text) returns text
@@ -53,10 +80,7 @@ declare
     v_schema text := recsql._state_schema(p_model);
     v_table text;
     v_def record;
-    v_names text;
     v_key text;
-    v_fn record;
-    v_body text;
 begin
     select * into v_model from recsql.models where name = p_model;
     if not found then
@@ -125,19 +149,7 @@ begin
         v_schema);
     execute format('create function %I._fold_lock_key() returns bigint language sql immutable parallel safe'
                    ' as %L', v_schema, format('select %s::bigint', hashtextextended(v_schema, 0)));
-    -- Functions: recsql's own, with references to the state's tables and functions moved into the
-    -- schema; lines marked "main only" (the loops over model states) are left out.
-    v_names := array_to_string(recsql._state_tables() || array['event_types', '_fold_lock_key']
-                               || recsql._state_functions(), '|');
-    for v_fn in
-        select p.oid from pg_proc p
-        where p.pronamespace = 'recsql'::regnamespace and p.proname = any (recsql._state_functions())
-    loop
-        v_body := regexp_replace(pg_get_functiondef(v_fn.oid), '\mrecsql\.(' || v_names || ')\M',
-                                 quote_ident(v_schema) || '.\1', 'g');
-        v_body := regexp_replace(v_body, '\n[^\n]*-- main only[^\n]*', '', 'g');
-        execute v_body;
-    end loop;
+    perform recsql._copy_state_functions(v_schema);
     return v_schema;
 end
 $$;

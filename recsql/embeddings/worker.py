@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector.psycopg.vector import register_vector_info
+from psycopg.types import TypeInfo
 
 from recsql import db
 from recsql.embeddings import behavior, store, text
@@ -60,6 +62,7 @@ class Embedder(Loop):
         self._encoder: text.TextEncoder | None = encoder  # shared by tests; loaded by run() otherwise
         self._text_disabled: str | None = None
         self._last_behavior_check = 0.0
+        self._vector_info: TypeInfo | None = None
 
     def run(self) -> None:
         """Work until stop(); reconnect after database errors."""
@@ -202,17 +205,30 @@ class Embedder(Loop):
         self.embedded["behavior"] += len(result.item_keys)
         return len(result.item_keys)
 
+    def _vector_type(self, conn: psycopg.Connection[Any]) -> TypeInfo:
+        """pgvector's type, looked up once."""
+        if self._vector_info is None:
+            self._vector_info = TypeInfo.fetch(conn, "vector")
+            if self._vector_info is None:
+                raise RecsqlError("the vector type (pgvector) is missing from the database")
+        return self._vector_info
+
     def _behavior_batch(self, conn: psycopg.Connection[Any], claimed: list[dict[str, Any]]) -> int:
         sp = store.space(conn, "behavior")
         if sp is None or sp.fitted_at is None:
             return 0
         written = 0
         keys, vectors, supports, totals = [], [], [], []
+        # Partner vectors in binary: a popular item has thousands of partners, and parsing their
+        # text form number by number took longer than the rest of the batch.
+        partners = conn.cursor(binary=True)
+        register_vector_info(partners, self._vector_type(conn))  # type: ignore[arg-type]
+        missing = np.full(sp.dim, np.nan, dtype=np.float32)
         for row in claimed:
             key = row["item_key"]
             # The whole row: partners without a vector count in the item's total (NaN rows).
-            pair_rows = conn.execute(
-                "SELECT p.item_b, p.n, e.embedding::text AS v, e.pair_total"
+            pair_rows = partners.execute(
+                "SELECT p.item_b, p.n, e.embedding AS v, e.pair_total"
                 " FROM recsql.item_pairs p"
                 " LEFT JOIN recsql.item_embeddings e ON e.space = 'behavior' AND e.item_key = p.item_b"
                 " WHERE p.kind = 'v' AND p.item_a = %s",
@@ -220,11 +236,10 @@ class Embedder(Loop):
             ).fetchall()
             if not pair_rows:
                 continue
-            missing = np.full(sp.dim, np.nan, dtype=np.float32)
             vec = behavior.fold_in(
                 np.array([r["item_b"] for r in pair_rows], dtype=np.int64),
                 np.array([r["n"] for r in pair_rows], dtype=np.float64),
-                np.stack([store.parse_vector(r["v"]) if r["v"] else missing for r in pair_rows]),
+                np.stack([r["v"].to_numpy() if r["v"] is not None else missing for r in pair_rows]),
                 np.array([r["pair_total"] or r["n"] for r in pair_rows], dtype=np.float64),
                 sp.fit_meta,
             )

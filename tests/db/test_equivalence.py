@@ -211,6 +211,62 @@ def test_pruned_list_refresh_equals_full_recompute(conn, rounds, length, similar
     assert conn.execute(query).fetchall() == pruned
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rounds=st.lists(
+        st.lists(st.tuples(st.integers(0, 4), st.integers(0, 7)), min_size=1, max_size=10),
+        min_size=1,
+        max_size=6,
+    ),
+    length=st.integers(min_value=1, max_value=4),
+    similarity=st.sampled_from(["cosine", "jaccard", "count"]),
+)
+def test_patched_lists_equal_full_recompute(conn, rounds, length, similarity):
+    """Lists patched with the partners whose counts went up equal lists computed from every pair.
+
+    Every user has seen every item first, so later views only raise pair counts and no item's user
+    count moves (user counts drifting under a patched list is the one documented difference).
+    """
+    reset(conn)
+    conn.execute("TRUNCATE recsql.neighbor_lists, recsql.neighbor_dirty")
+    conn.execute(
+        "UPDATE recsql.settings SET cooc_window = 3, neighbors_per_item = %s, similarity = %s",
+        (length, similarity),
+    )
+    for user in range(5):
+        for item in range(8):
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (f"u{user}", f"i{item}"))
+    conn.execute("SELECT recsql.flush()")
+    whole = "SELECT count(*) AS n FROM recsql.neighbor_dirty WHERE partners IS NULL"
+    for events in rounds:
+        for user, item in events:
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (f"u{user}", f"i{item}"))
+        conn.execute("SELECT recsql.fold()")
+        assert conn.execute(whole).fetchone()["n"] == 0  # every list exists: patches only
+        conn.execute("SELECT recsql.refresh_neighbors()")
+    query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
+    incremental = conn.execute(query).fetchall()
+    conn.execute("SELECT recsql.rebuild()")
+    assert conn.execute(query).fetchall() == incremental
+
+
+def test_a_patch_is_replaced_by_a_whole_recompute_when_asked(conn):
+    """mark_all_neighbors() and maintain() turn a pending patch into a whole recompute."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 2, neighbors_per_item = 5")
+    for user in ("u1", "u2"):
+        for item in "abc":
+            conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+    conn.execute("SELECT recsql.flush()")
+    conn.execute("SELECT * FROM recsql.track('u1', 'a', 'view')")  # a meets b and c again
+    conn.execute("SELECT recsql.fold()")
+    pending = "SELECT count(*) FILTER (WHERE partners IS NOT NULL) AS patches, count(*) AS n FROM recsql.neighbor_dirty"
+    before = conn.execute(pending).fetchone()
+    assert before["patches"] > 0
+    conn.execute("SELECT recsql.mark_all_neighbors()")
+    after = conn.execute(pending).fetchone()
+    assert after["patches"] == 0 and after["n"] >= before["n"]
+
+
 def test_list_refresh_falls_back_when_the_old_floor_no_longer_holds(conn):
     """The top neighbour loses its lead when its own audience grows; the pruned refresh must notice."""
     conn.execute("UPDATE recsql.settings SET cooc_window = 1, neighbors_per_item = 1")
