@@ -111,4 +111,6 @@ def _check_state(conn: psycopg.Connection[Any], report: Report) -> None:
                 " run `recsql rebuild`"
             )
         else:
-            report.notes.append(f"recsql.{table}: {digest[0]:,} rows equal to a rebuild")
+            report.notes.append(
+                f"recsql.{table}: {digest[0]:,} row{'' if digest[0] == 1 else 's'} equal to a rebuild"
+            )

@@ -230,12 +230,16 @@ create table recsql.item_pairs (
     item_a integer not null,
     item_b integer not null,
     n integer not null,
-    constraint item_pairs_pkey primary key (kind, item_a, item_b)
+    constraint item_pairs_pkey primary key (kind, item_a, item_b),
+    constraint item_pairs_order_check check (item_a < item_b)
 );
 
+create index item_pairs_b_idx on recsql.item_pairs (kind, item_b);
+
 comment on table recsql.item_pairs is
-    'Derived: kind v = times item_b was in the user''s recent window when item_a entered it; '
-    'kind p = the same over the user''s recent conversions (bought together). Stored in both directions.';
+    'Derived: kind v = times one of the two items entered a user''s recent window while the other was in '
+    'it; kind p = the same over the user''s recent conversions (bought together). Symmetric, so stored '
+    'once, with item_a < item_b: an item''s pairs are those it is item_a or item_b of.';
 
 -- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
 create table recsql.neighbor_lists (

@@ -197,18 +197,15 @@ begin
         from windowed w
         cross join lateral unnest(w.prev) as x(b)
         where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
-    ), directed as (
-        select kind, a, b from formed
-        union all
-        select kind, b, a from formed
     )
-    select kind, a, b, p_sign * count(*)::integer
-    from directed
-    group by kind, a, b;
+    -- A pair is stored once, under (smaller key, larger key): both items' lists read it.
+    select kind, least(a, b), greatest(a, b), p_sign * count(*)::integer
+    from formed
+    group by 1, 2, 3;
 
     get diagnostics v_deltas = row_count;
 
-    if p_sign < 0 or v_deltas > 20000 then
+    if p_sign < 0 or v_deltas > 10000 then
         -- Removals (a listed partner may drop out) and bulk folds (most lists change anyway): every
         -- touched list is recomputed whole.
         insert into recsql.item_pairs as p (kind, item_a, item_b, n)
@@ -218,8 +215,9 @@ begin
         on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
 
         insert into recsql.neighbor_dirty as x (kind, item_key)
-        select distinct d.kind, d.item_a
-        from pg_temp.recsql_pair_delta d
+        select d.kind, d.item_a from pg_temp.recsql_pair_delta d
+        union
+        select d.kind, d.item_b from pg_temp.recsql_pair_delta d
         order by 1, 2
         on conflict (kind, item_key) do update set partners = null where x.partners is not null;
     else
@@ -238,13 +236,18 @@ begin
             order by d.kind, d.item_a, d.item_b
             on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n
             returning p.kind, p.item_a, p.item_b, p.n
+        ), directed as (
+            -- Each stored pair changes two lists: item_a's (partner item_b) and item_b's.
+            select c.kind, c.item_a, c.item_b, c.n from changed c
+            union all
+            select c.kind, c.item_b, c.item_a, c.n from changed c
         ), lists as materialized (  -- once per list, not once per changed pair
             select a.kind, a.item_a, l.neighbors, l.users, l.floor_score,
                    l.item_key is null or l.users is null or l.refreshed_at < now() - interval '10 minutes'
                    or abs(recsql._pair_score(l.last_n, l.users, sk.n_users, v_settings.similarity) - l.last_score)
                       > 0.1 * l.last_score as whole,
                    coalesce(l.len < v_settings.neighbors_per_item, true) as open
-            from (select distinct c.kind, c.item_a from changed c) a
+            from (select distinct c.kind, c.item_a from directed c) a
             left join lateral (
                 select l.item_key, l.neighbors, l.users, l.refreshed_at, cardinality(l.neighbors) as len,
                        l.together[cardinality(l.together)] as last_n,
@@ -260,7 +263,7 @@ begin
             -- Lookups in joins, not subqueries in function arguments: those would stop _pair_score
             -- from being inlined, and a call per row costs more than the rest of the fold.
             select c.kind, c.item_a, c.item_b, l.whole
-            from changed c
+            from directed c
             join lists l on l.kind = c.kind and l.item_a = c.item_a
             -- A partner's users are needed only when it is not listed in a full list.
             left join lateral (
@@ -538,13 +541,14 @@ begin
                         where e.b <> all (r.partners)
                         union all
                         -- Scored with the item's user count of the list, like its other entries.
-                        select p.item_b,
+                        select x.b,
                                recsql._pair_score(p.n, o.users, sb.n_users, v_settings.similarity)::real::double precision,
                                p.n
-                        from recsql.item_pairs p
-                        join recsql.item_stats sb on sb.item_key = p.item_b
-                        where p.kind = r.kind and p.item_a = r.item_key and p.item_b = any (r.partners)
-                          and p.n >= v_settings.min_support
+                        from unnest(r.partners) as x(b)
+                        join recsql.item_pairs p
+                          on p.kind = r.kind and p.item_a = least(r.item_key, x.b) and p.item_b = greatest(r.item_key, x.b)
+                        join recsql.item_stats sb on sb.item_key = x.b
+                        where p.n >= v_settings.min_support
                     ) u
                     order by u.s desc, u.b
                     limit v_len
@@ -604,11 +608,18 @@ begin
         perform set_config('work_mem', '256MB', true);
     end if;
 
+    -- An item's pairs: those it is item_a of, and those it is item_b of.
     insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
     select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
     from pg_temp.recsql_refresh r
     join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
     join recsql.item_stats sb on sb.item_key = p.item_b
+    where p.n >= r.min_n
+    union all
+    select p.kind, p.item_b, p.item_a, p.n, recsql._pair_score(p.n, r.users, sa.n_users, v_settings.similarity)
+    from pg_temp.recsql_refresh r
+    join recsql.item_pairs p on p.kind = r.kind and p.item_b = r.item_key
+    join recsql.item_stats sa on sa.item_key = p.item_a
     where p.n >= r.min_n;
 
     -- A join, not a correlated count: the scratch tables have no indexes.
@@ -633,6 +644,12 @@ begin
         from pg_temp.recsql_refresh r
         join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
         join recsql.item_stats sb on sb.item_key = p.item_b
+        where r.full_scan and p.n >= v_settings.min_support
+        union all
+        select p.kind, p.item_b, p.item_a, p.n, recsql._pair_score(p.n, r.users, sa.n_users, v_settings.similarity)
+        from pg_temp.recsql_refresh r
+        join recsql.item_pairs p on p.kind = r.kind and p.item_b = r.item_key
+        join recsql.item_stats sa on sa.item_key = p.item_a
         where r.full_scan and p.n >= v_settings.min_support;
     end if;
 
@@ -692,7 +709,9 @@ create function recsql.mark_all_neighbors() returns bigint
 language sql as $$
     with marked as (
         insert into recsql.neighbor_dirty as d (kind, item_key)
-        select distinct p.kind, p.item_a from recsql.item_pairs p
+        select p.kind, p.item_a from recsql.item_pairs p
+        union
+        select p.kind, p.item_b from recsql.item_pairs p
         on conflict (kind, item_key) do update set partners = null where d.partners is not null
         returning 1
     )

@@ -36,13 +36,18 @@ select a.item_id,
        case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
        p.n as together,
        recsql._pair_score(p.n, sa.n_users, sb.n_users, 'cosine') as cosine
-from recsql.item_pairs p
+from (
+    -- Stored once per pair; listed from both sides.
+    select x.kind, x.item_a, x.item_b, x.n from recsql.item_pairs x
+    union all
+    select x.kind, x.item_b, x.item_a, x.n from recsql.item_pairs x
+) p
 join recsql.items a on a.item_key = p.item_a
 join recsql.items b on b.item_key = p.item_b
 join recsql.item_stats sa on sa.item_key = p.item_a
 join recsql.item_stats sb on sb.item_key = p.item_b;
 
-comment on view recsql.item_neighbors is 'Every stored item pair with its count and cosine similarity';
+comment on view recsql.item_neighbors is 'Every item pair, from both sides, with its count and cosine similarity';
 
 create view recsql.fold_status as
 select (select count(*) from recsql.event_inbox) as pending_statements,

@@ -1,6 +1,6 @@
 """The `behavior` space: item vectors factorised from the co-occurrence counts in item_pairs.
 
-The maths, for counts c(a,b) (``item_pairs`` kind 'v', both directions, self-pairs ignored):
+The maths, for counts c(a,b) (``item_pairs`` kind 'v', read in both directions, self-pairs ignored):
 
 * Row sums r(a) = sum_b c(a,b), total N = sum_a r(a), smoothed normaliser Z = sum_a r(a)^alpha.
 * Shifted positive PMI with context-distribution smoothing (Levy & Goldberg 2015) applied to both
@@ -116,7 +116,7 @@ def fit(
 ) -> Fit:
     """Factorise the co-occurrence counts (item_a, item_b, n) into ``dim``-wide item vectors.
 
-    Rows are expected in both directions, as item_pairs stores them; a pair given in one
+    Rows are expected in both directions, as store.pairs() reads them; a pair given in one
     direction only is mirrored. Pairs with n < min_count are ignored. Items left without a
     positive PMI entry get no vector. Empty input gives an empty Fit.
     """

@@ -105,12 +105,13 @@ def delete(conn: Conn, space_name: str, item_keys: Sequence[int]) -> None:
 
 
 def pairs(conn: Conn) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Every co-occurrence pair (both directions) as three arrays, streamed with COPY."""
+    """Every co-occurrence pair in both directions (stored once) as three arrays, streamed with COPY."""
     a: list[int] = []
     b: list[int] = []
     n: list[int] = []
     with conn.cursor().copy(
-        "COPY (SELECT item_a, item_b, n FROM recsql.item_pairs WHERE kind = 'v') TO STDOUT"
+        "COPY (SELECT item_a, item_b, n FROM recsql.item_pairs WHERE kind = 'v'"
+        " UNION ALL SELECT item_b, item_a, n FROM recsql.item_pairs WHERE kind = 'v') TO STDOUT"
     ) as cp:
         for row in cp.rows():
             a.append(int(row[0]))

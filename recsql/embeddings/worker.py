@@ -229,10 +229,10 @@ class Embedder(Loop):
             # The whole row: partners without a vector count in the item's total (NaN rows).
             pair_rows = partners.execute(
                 "SELECT p.item_b, p.n, e.embedding AS v, e.pair_total"
-                " FROM recsql.item_pairs p"
-                " LEFT JOIN recsql.item_embeddings e ON e.space = 'behavior' AND e.item_key = p.item_b"
-                " WHERE p.kind = 'v' AND p.item_a = %s",
-                (key,),
+                " FROM (SELECT item_b, n FROM recsql.item_pairs WHERE kind = 'v' AND item_a = %(k)s"
+                "       UNION ALL SELECT item_a, n FROM recsql.item_pairs WHERE kind = 'v' AND item_b = %(k)s) p"
+                " LEFT JOIN recsql.item_embeddings e ON e.space = 'behavior' AND e.item_key = p.item_b",
+                {"k": key},
             ).fetchall()
             if not pair_rows:
                 continue
@@ -247,7 +247,7 @@ class Embedder(Loop):
                 continue
             stats = conn.execute(
                 "SELECT (SELECT n_events FROM recsql.item_stats WHERE item_key = %(k)s) AS support,"
-                " (SELECT sum(n) FROM recsql.item_pairs WHERE kind = 'v' AND item_a = %(k)s) AS total",
+                " (SELECT sum(n) FROM recsql.item_pairs WHERE kind = 'v' AND %(k)s IN (item_a, item_b)) AS total",
                 {"k": key},
             ).fetchone()
             keys.append(key)

@@ -1,0 +1,404 @@
+-- Undo 0007.
+
+create or replace function recsql._apply_pairs(p_sign integer, p_from timestamptz, p_to timestamptz) returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_deltas bigint;
+begin
+    select * into v_settings from recsql.settings;
+
+    truncate pg_temp.recsql_pair_delta;
+
+    insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
+    with windowed as (
+        select 'v'::"char" as kind, b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id order by b.xid, b.seq
+                   rows between v_settings.cooc_window preceding and 1 preceding) as prev
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.forms_pairs
+        union all
+        select 'p'::"char", b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id order by b.xid, b.seq
+                   rows between v_settings.purchase_window preceding and 1 preceding)
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.is_conversion
+    ), formed as (
+        -- distinct: an item seen twice in the window pairs once with the event.
+        select distinct w.kind, w.seq, w.item_key as a, x.b
+        from windowed w
+        cross join lateral unnest(w.prev) as x(b)
+        where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
+    ), directed as (
+        select kind, a, b from formed
+        union all
+        select kind, b, a from formed
+    )
+    select kind, a, b, p_sign * count(*)::integer
+    from directed
+    group by kind, a, b;
+
+    get diagnostics v_deltas = row_count;
+
+    if p_sign < 0 or v_deltas > 20000 then
+        -- Removals (a listed partner may drop out) and bulk folds (most lists change anyway): every
+        -- touched list is recomputed whole.
+        insert into recsql.item_pairs as p (kind, item_a, item_b, n)
+        select d.kind, d.item_a, d.item_b, d.n
+        from pg_temp.recsql_pair_delta d
+        order by d.kind, d.item_a, d.item_b
+        on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
+
+        insert into recsql.neighbor_dirty as x (kind, item_key)
+        select distinct d.kind, d.item_a
+        from pg_temp.recsql_pair_delta d
+        order by 1, 2
+        on conflict (kind, item_key) do update set partners = null where x.partners is not null;
+    else
+        -- A trickle of new formations: a count that went up changes a list only if that partner is
+        -- listed, or now scores at least the list's last entry, or the list is not full. Such lists
+        -- are patched with the changed partners (refresh_neighbors), scored with the item's user
+        -- count of the list; every other change leaves the list as it is. A list is recomputed whole
+        -- instead when the item has none yet, when it was last computed whole over 10 minutes ago,
+        -- or when its last entry's partner has gained users enough to move that score by over 10%:
+        -- patches keep the other entries' scores, so their drift is bounded by those two rules.
+        -- Past 1,000 pending partners an item is recomputed whole.
+        with changed as (
+            insert into recsql.item_pairs as p (kind, item_a, item_b, n)
+            select d.kind, d.item_a, d.item_b, d.n
+            from pg_temp.recsql_pair_delta d
+            order by d.kind, d.item_a, d.item_b
+            on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n
+            returning p.kind, p.item_a, p.item_b, p.n
+        ), lists as materialized (  -- once per list, not once per changed pair
+            select a.kind, a.item_a, l.neighbors, l.users, l.floor_score,
+                   l.item_key is null or l.users is null or l.refreshed_at < now() - interval '10 minutes'
+                   or abs(recsql._pair_score(l.last_n, l.users, sk.n_users, v_settings.similarity) - l.last_score)
+                      > 0.1 * l.last_score as whole,
+                   coalesce(l.len < v_settings.neighbors_per_item, true) as open
+            from (select distinct c.kind, c.item_a from changed c) a
+            left join lateral (
+                select l.item_key, l.neighbors, l.users, l.refreshed_at, cardinality(l.neighbors) as len,
+                       l.together[cardinality(l.together)] as last_n,
+                       l.neighbors[cardinality(l.neighbors)] as last_b,
+                       l.scores[cardinality(l.scores)]::double precision as last_score,
+                       l.scores[v_settings.neighbors_per_item]::double precision as floor_score
+                from recsql.neighbor_lists l
+                where l.kind = a.kind and l.item_key = a.item_a
+                offset 0  -- a lookup per touched list, not a hash of every list
+            ) l on true
+            left join recsql.item_stats sk on sk.item_key = l.last_b
+        ), touched as (
+            -- Lookups in joins, not subqueries in function arguments: those would stop _pair_score
+            -- from being inlined, and a call per row costs more than the rest of the fold.
+            select c.kind, c.item_a, c.item_b, l.whole
+            from changed c
+            join lists l on l.kind = c.kind and l.item_a = c.item_a
+            -- A partner's users are needed only when it is not listed in a full list.
+            left join lateral (
+                select sb.n_users as b
+                from recsql.item_stats sb
+                where sb.item_key = c.item_b
+                  and not l.whole and not l.open and c.n >= v_settings.min_support
+                  and c.item_b <> all (l.neighbors)
+            ) u on true
+            where l.whole or l.open or c.item_b = any (l.neighbors)
+               or recsql._pair_score(c.n, l.users, u.b, v_settings.similarity) >= (1 - 1e-6) * l.floor_score
+        )
+        insert into recsql.neighbor_dirty as x (kind, item_key, partners)
+        select t.kind, t.item_a,
+               case when bool_or(t.whole) or count(*) > 1000 then null
+                    else array_agg(t.item_b order by t.item_b) end
+        from touched t
+        group by t.kind, t.item_a
+        order by 1, 2
+        on conflict (kind, item_key) do update
+        set partners = case
+            when x.partners is null or excluded.partners is null
+                 or cardinality(x.partners) + cardinality(excluded.partners) > 1000
+                then null
+            else array(select distinct u.b from unnest(x.partners || excluded.partners) u(b) order by 1)
+        end;
+    end if;
+
+    if p_sign < 0 then
+        delete from recsql.item_pairs p
+        using pg_temp.recsql_pair_delta d
+        where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
+    end if;
+end
+$$;
+
+comment on function recsql._apply_pairs(integer, timestamptz, timestamptz) is
+    'Counts (or uncounts) the co-occurrence and bought-together pairs formed by the batch events';
+
+create or replace function recsql.refresh_neighbors(max_items integer default null) returns integer
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_n integer;
+    v_nestloop text;
+    v_work_mem text;
+    v_len integer;
+    v_prune boolean;
+    v_full integer;
+begin
+    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    if not exists (select 1 from recsql.neighbor_dirty) then
+        return 0;  -- idle: leave the scratch tables alone
+    end if;
+    select * into v_settings from recsql.settings;
+    v_len := v_settings.neighbors_per_item;
+
+    if to_regclass('pg_temp.recsql_refresh_picked') is null then
+        create temp table recsql_refresh_picked (
+            kind "char" not null,
+            item_key integer not null,
+            users integer not null,
+            partners integer[]
+        ) on commit delete rows;
+    else
+        truncate pg_temp.recsql_refresh_picked;
+    end if;
+    if to_regclass('pg_temp.recsql_refresh') is null then
+        create temp table recsql_refresh (
+            kind "char" not null,
+            item_key integer not null,
+            users integer not null,
+            floor_score double precision,
+            min_n integer not null,
+            full_scan boolean not null default false
+        ) on commit delete rows;
+        create temp table recsql_refresh_scored (
+            kind "char" not null,
+            item_a integer not null,
+            item_b integer not null,
+            n integer not null,
+            score double precision not null
+        ) on commit delete rows;
+    else
+        truncate pg_temp.recsql_refresh, pg_temp.recsql_refresh_scored;
+    end if;
+
+    insert into pg_temp.recsql_refresh_picked (kind, item_key, users, partners)
+    select p.kind, p.item_key, coalesce(st.n_users, 0),
+           case when exists (select 1 from recsql.neighbor_lists l where l.kind = p.kind and l.item_key = p.item_key)
+                then p.partners end
+    from (
+        select d.kind, d.item_key, d.partners
+        from recsql.neighbor_dirty d
+        order by d.marked_at, d.kind, d.item_key
+        limit refresh_neighbors.max_items
+    ) p
+    left join recsql.item_stats st on st.item_key = p.item_key;
+    get diagnostics v_n = row_count;
+
+    -- Patches: only some partners' counts went up, so the list is its old entries with those partners
+    -- rescored, best first (see _apply_pairs); no scan of the item's pairs. A list that would come
+    -- out empty is recomputed whole instead.
+    with patched as (
+        update recsql.neighbor_lists l
+        set neighbors = x.neighbors, scores = x.scores, together = x.together
+        from (
+            select r.kind, r.item_key, top.neighbors, top.scores, top.together
+            from pg_temp.recsql_refresh_picked r
+            join recsql.neighbor_lists o on o.kind = r.kind and o.item_key = r.item_key
+            cross join lateral (
+                select array_agg(c.b order by c.s desc, c.b) as neighbors,
+                       array_agg(c.s::real order by c.s desc, c.b) as scores,
+                       array_agg(c.n order by c.s desc, c.b) as together
+                from (
+                    select u.b, u.s, u.n
+                    from (
+                        select e.b, e.s::double precision as s, e.n
+                        from unnest(o.neighbors, o.scores, o.together) as e(b, s, n)
+                        where e.b <> all (r.partners)
+                        union all
+                        -- Scored with the item's user count of the list, like its other entries.
+                        select p.item_b,
+                               recsql._pair_score(p.n, o.users, sb.n_users, v_settings.similarity)::real::double precision,
+                               p.n
+                        from recsql.item_pairs p
+                        join recsql.item_stats sb on sb.item_key = p.item_b
+                        where p.kind = r.kind and p.item_a = r.item_key and p.item_b = any (r.partners)
+                          and p.n >= v_settings.min_support
+                    ) u
+                    order by u.s desc, u.b
+                    limit v_len
+                ) c
+            ) top
+            where r.partners is not null
+        ) x
+        where l.kind = x.kind and l.item_key = x.item_key and x.neighbors is not null
+        returning l.kind, l.item_key
+    )
+    update pg_temp.recsql_refresh_picked r
+    set partners = null
+    where r.partners is not null
+      and not exists (select 1 from patched x where x.kind = r.kind and x.item_key = r.item_key);
+    delete from recsql.neighbor_dirty d
+    using pg_temp.recsql_refresh_picked r
+    where r.partners is not null and d.kind = r.kind and d.item_key = r.item_key;
+
+    -- Whole lists. Pruning: a full list's last score is a floor. cosine <= n / sqrt(users_a) and
+    -- count = n, so a pair whose count is below floor * sqrt(users_a) (cosine) or floor (count)
+    -- cannot enter. If fewer than a full list of pairs still reach the floor, that item is
+    -- recomputed without it. Pruning pays off for the steady trickle of a few items (a hot item's
+    -- list rescored from a handful of its pairs); when most lists are due, one plain pass over the
+    -- pairs is cheaper.
+    v_prune := coalesce(refresh_neighbors.max_items, 2147483647) <= 10000
+               or (select count(*) from recsql.neighbor_dirty) <= 10000;
+    insert into pg_temp.recsql_refresh (kind, item_key, users, floor_score, min_n)
+    select p.kind, p.item_key, p.users, f.floor_score,
+           greatest(v_settings.min_support, coalesce(floor(case v_settings.similarity
+               when 'cosine' then f.floor_score * sqrt(greatest(p.users, 1)) * (1 - 1e-9)
+               when 'count' then f.floor_score * (1 - 1e-9)
+           end)::integer, 0))
+    from pg_temp.recsql_refresh_picked p
+    left join recsql.neighbor_lists l on l.kind = p.kind and l.item_key = p.item_key
+    -- The floor: the old last entry scored with today's user counts (its stored score may have
+    -- drifted above what any pair reaches now, which would only send the item to the fallback).
+    left join recsql.item_stats sk on sk.item_key = l.neighbors[v_len]
+    cross join lateral (
+        select case when v_prune and cardinality(l.scores) >= v_len
+                    then recsql._pair_score(l.together[v_len], p.users, sk.n_users, v_settings.similarity) end
+               as floor_score
+    ) f
+    where p.partners is null;
+    get diagnostics v_full = row_count;
+    if v_full = 0 then
+        return v_n;
+    end if;
+    if v_full > 1000 then
+        analyze pg_temp.recsql_refresh;
+    end if;
+    if v_full > 10000 then
+        -- Recomputing most lists: hash-join item_stats once instead of a lookup per pair, and sort
+        -- in memory. Local to this transaction; put back below.
+        v_nestloop := current_setting('enable_nestloop');
+        v_work_mem := current_setting('work_mem');
+        perform set_config('enable_nestloop', 'off', true);
+        perform set_config('work_mem', '256MB', true);
+    end if;
+
+    insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
+    select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
+    from pg_temp.recsql_refresh r
+    join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+    join recsql.item_stats sb on sb.item_key = p.item_b
+    where p.n >= r.min_n;
+
+    -- A join, not a correlated count: the scratch tables have no indexes.
+    update pg_temp.recsql_refresh r
+    set full_scan = true
+    from (
+        select f.kind, f.item_key
+        from pg_temp.recsql_refresh f
+        left join pg_temp.recsql_refresh_scored x
+               on x.kind = f.kind and x.item_a = f.item_key and x.score >= f.floor_score
+        where f.floor_score is not null
+        group by f.kind, f.item_key
+        having count(x.item_b) < v_len
+    ) short
+    where r.kind = short.kind and r.item_key = short.item_key;
+    if found then
+        delete from pg_temp.recsql_refresh_scored x
+        using pg_temp.recsql_refresh r
+        where r.full_scan and x.kind = r.kind and x.item_a = r.item_key;
+        insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
+        select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
+        from pg_temp.recsql_refresh r
+        join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
+        join recsql.item_stats sb on sb.item_key = p.item_b
+        where r.full_scan and p.n >= v_settings.min_support;
+    end if;
+
+    delete from recsql.neighbor_dirty d
+    using pg_temp.recsql_refresh r
+    where d.kind = r.kind and d.item_key = r.item_key;
+
+    delete from recsql.neighbor_lists l
+    using pg_temp.recsql_refresh r
+    where l.kind = r.kind and l.item_key = r.item_key;
+
+    insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together, users)
+    select x.kind, x.item_a,
+           array_agg(x.item_b order by x.rank),
+           array_agg(x.score::real order by x.rank),
+           array_agg(x.n order by x.rank),
+           min(x.users)
+    from (
+        select s.kind, s.item_a, s.item_b, s.n, s.score, r.users,
+               -- Ranked as stored (real), so that a patched list orders ties as a recomputed one.
+               row_number() over (partition by s.kind, s.item_a order by s.score::real desc, s.item_b) as rank
+        from pg_temp.recsql_refresh_scored s
+        join pg_temp.recsql_refresh r on r.kind = s.kind and r.item_key = s.item_a
+    ) x
+    where x.rank <= v_len
+    group by x.kind, x.item_a;
+
+    if v_nestloop is not null then
+        perform set_config('enable_nestloop', v_nestloop, true);
+        perform set_config('work_mem', v_work_mem, true);
+    end if;
+    return v_n;
+end
+$$;
+
+comment on function recsql.refresh_neighbors(integer) is
+    'Patches or recomputes the neighbour lists of up to max_items changed items (all when null); returns how many';
+
+create or replace function recsql.mark_all_neighbors() returns bigint
+language sql as $$
+    with marked as (
+        insert into recsql.neighbor_dirty as d (kind, item_key)
+        select distinct p.kind, p.item_a from recsql.item_pairs p
+        on conflict (kind, item_key) do update set partners = null where d.partners is not null
+        returning 1
+    )
+    select count(*) from marked
+$$;
+
+comment on function recsql.mark_all_neighbors() is
+    'Marks every item with pairs for a whole neighbour-list recompute; returns how many were not marked so yet';
+
+create or replace view recsql.item_neighbors as
+select a.item_id,
+       b.item_id as neighbor_id,
+       case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
+       p.n as together,
+       recsql._pair_score(p.n, sa.n_users, sb.n_users, 'cosine') as cosine
+from recsql.item_pairs p
+join recsql.items a on a.item_key = p.item_a
+join recsql.items b on b.item_key = p.item_b
+join recsql.item_stats sa on sa.item_key = p.item_a
+join recsql.item_stats sb on sb.item_key = p.item_b;
+
+
+comment on view recsql.item_neighbors is 'Every stored item pair with its count and cosine similarity';
+
+comment on table recsql.item_pairs is
+    'Derived: kind v = times item_b was in the user''s recent window when item_a entered it; '
+    'kind p = the same over the user''s recent conversions (bought together). Stored in both directions.';
+
+do $$
+declare
+    v_schema text;
+begin
+    for v_schema in select schema_name from recsql.model_states order by model loop
+        execute format('drop index %I.item_pairs_b_idx', v_schema);
+        execute format('alter table %I.item_pairs drop constraint item_pairs_order_check', v_schema);
+        execute format('insert into %I.item_pairs (kind, item_a, item_b, n) select kind, item_b, item_a, n'
+                       ' from %I.item_pairs', v_schema, v_schema);
+        perform recsql._copy_state_functions(v_schema);
+    end loop;
+end
+$$;
+
+drop index recsql.item_pairs_b_idx;
+
+alter table recsql.item_pairs drop constraint item_pairs_order_check;
+
+insert into recsql.item_pairs (kind, item_a, item_b, n) select kind, item_b, item_a, n from recsql.item_pairs;
