@@ -1,6 +1,10 @@
 """Ingestion benchmark: COPY with derived state maintained, raw COPY, track latency, storage, and 16
 concurrent writers with a folder, checked exactly against recsql.rebuild().
 
+The bulk phase times each step apart (COPY, fold, refresh, one after the other); the streaming
+phase loads the same chunks again into a database of its own while a `recsql worker` folder runs
+alongside, as a stream of committed batches would arrive, and times it until all is maintained.
+
     RECSQL_HOME=/tmp/rh python bench/ingest.py                  # 1,000,000 events, 50,000 items
     python bench/ingest.py --events 100000 --items 5000          # a quick run
 
@@ -173,6 +177,60 @@ def storage(conn: Conn) -> dict[str, Any]:
         "serving_bytes_per_event": round(sum(tables[t]["total_bytes"] for t in SERVING) / n, 1),
         "raw_table_bytes_per_event": round(raw / n, 1),
         "tables": tables,
+    }
+
+
+STREAM_DB = "recsql_bench_stream"
+
+
+def streaming_load(
+    server: str, shop: list[dict[str, Any]], chunks: list[bytes], lists: int
+) -> dict[str, Any]:
+    """The same chunks COPYed one after another while `recsql worker`'s folder runs alongside.
+
+    As events arrive from a stream of committed batches: the folder folds each chunk once it
+    commits, while the next one loads on the other core. Timed from the first COPY until every
+    event is folded and no neighbour list is pending, on a database of its own (dropped after).
+    """
+    url = benchdb.create_fresh(server, STREAM_DB)
+    n_events = sum(payload.count(b"\n") for payload in chunks)
+    try:
+        with db.connection(url) as conn:
+            load.upsert_items(conn, shop)
+            folder = FolderProcess(url, lists)
+            started = time.perf_counter()
+            copy_s = 0.0
+            for payload in chunks:
+                copy_s += timed_copy(conn, EVENTS, payload)
+            copied = time.perf_counter() - started
+            while True:
+                pending = benchdb.one(conn, "SELECT pending_events, pending_lists FROM recsql.fold_status")
+                if (
+                    folder.folded >= n_events
+                    and pending["pending_events"] == 0
+                    and pending["pending_lists"] == 0
+                ):
+                    break
+                time.sleep(0.05)
+            wall = time.perf_counter() - started
+            folds = folder.stop()
+    finally:
+        with psycopg.connect(benchdb.database_url(server, "postgres"), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(STREAM_DB))
+            )
+    log(
+        f"  streaming: {n_events:,} events maintained in {wall:.1f} s ({n_events / wall:,.0f}/s);"
+        f" the COPYs ended after {copied:.1f} s; {len(folds)} folder rounds"
+    )
+    return {
+        "events": n_events,
+        "wall_s": round(wall, 2),
+        "copy_s": round(copy_s, 2),
+        "copies_done_after_s": round(copied, 2),
+        "maintained_events_per_s": round(n_events / wall),
+        "folder_rounds": len(folds),
+        "folder_busy_s": round(sum(sec for _, sec in folds), 2),
     }
 
 
@@ -442,6 +500,12 @@ def main() -> None:
         help="Skip creating and bulk loading: run the track, concurrency and rebuild phases on DATABASE"
         " (e.g. a clone with prototype SQL); --events/--items/--seed must match how it was built.",
     )
+    parser.add_argument(
+        "--no-streaming",
+        dest="streaming",
+        action="store_false",
+        help="Skip loading the chunks again, into a database of its own, with the folder running alongside.",
+    )
     parser.add_argument("--out", default="ingest.json", help="File name under bench/results/.")
     args = parser.parse_args()
     lists = args.lists_per_round or Folder(idle_s=0).lists_per_round
@@ -476,6 +540,12 @@ def main() -> None:
             results["bulk"] = step("bulk load", lambda: bulk_load(conn, chunks, args.events))
             results["storage"] = step("storage", lambda: storage(conn))
             conn.execute("VACUUM ANALYZE")
+        if args.streaming:
+            stream_result = step("streaming load", lambda: streaming_load(server, shop, chunks, lists))
+            stream_result["ratio_to_raw"] = round(
+                stream_result["maintained_events_per_s"] / results["bulk"]["raw_copy_events_per_s"], 3
+            )
+            results["streaming"] = stream_result
         chunks.clear()
     with db.connection(url) as conn:
         # As after a bulk import in production: the hourly upkeep has run once, so the latency
@@ -550,6 +620,12 @@ def report_bulk(r: dict[str, Any]) -> None:
     print(f"  maintained (COPY+flush)  {b['maintained_events_per_s']:>9,}/s   target >= 20,000/s")
     print(f"  raw COPY, no triggers    {b['raw_copy_events_per_s']:>9,}/s  ({b['raw_copy_s']} s)")
     print(f"  ratio maintained/raw     {b['ratio_to_raw']:>9}    target >= 0.25")
+    if "streaming" in r:
+        st = r["streaming"]
+        print(
+            f"  streaming (COPY while the worker folds) {st['maintained_events_per_s']:,}/s"
+            f" ({st['wall_s']} s until all folded and listed), ratio {st['ratio_to_raw']}"
+        )
     print(
         f"storage: {s['bytes_per_event']} bytes/event (events {s['events_only_bytes_per_event']},"
         f" derived {s['derived_bytes_per_event']}, neighbour lists {s['serving_bytes_per_event']}; raw table {s['raw_table_bytes_per_event']})"
