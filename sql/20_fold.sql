@@ -242,7 +242,7 @@ begin
             union all
             select c.kind, c.item_b, c.item_a, c.n from changed c
         ), lists as materialized (  -- once per list, not once per changed pair
-            select a.kind, a.item_a, l.neighbors, l.users, l.floor_score,
+            select a.kind, a.item_a, l.neighbors, l.users, l.last_score,
                    l.item_key is null or l.users is null or l.refreshed_at < now() - interval '10 minutes'
                    or abs(recsql._pair_score(l.last_n, l.users, sk.n_users, v_settings.similarity) - l.last_score)
                       > 0.1 * l.last_score as whole,
@@ -252,8 +252,7 @@ begin
                 select l.item_key, l.neighbors, l.users, l.refreshed_at, cardinality(l.neighbors) as len,
                        l.together[cardinality(l.together)] as last_n,
                        l.neighbors[cardinality(l.neighbors)] as last_b,
-                       l.scores[cardinality(l.scores)]::double precision as last_score,
-                       l.scores[v_settings.neighbors_per_item]::double precision as floor_score
+                       l.scores[cardinality(l.scores)]::double precision as last_score
                 from recsql.neighbor_lists l
                 where l.kind = a.kind and l.item_key = a.item_a
                 offset 0  -- a lookup per touched list, not a hash of every list
@@ -274,7 +273,7 @@ begin
                   and c.item_b <> all (l.neighbors)
             ) u on true
             where l.whole or l.open or c.item_b = any (l.neighbors)
-               or recsql._pair_score(c.n, l.users, u.b, v_settings.similarity) >= (1 - 1e-6) * l.floor_score
+               or recsql._pair_score(c.n, l.users, u.b, v_settings.similarity) >= (1 - 1e-6) * l.last_score
         )
         insert into recsql.neighbor_dirty as x (kind, item_key, partners)
         select t.kind, t.item_a,
@@ -507,9 +506,7 @@ begin
     end if;
 
     insert into pg_temp.recsql_refresh_picked (kind, item_key, users, partners)
-    select p.kind, p.item_key, coalesce(st.n_users, 0),
-           case when exists (select 1 from recsql.neighbor_lists l where l.kind = p.kind and l.item_key = p.item_key)
-                then p.partners end
+    select p.kind, p.item_key, coalesce(st.n_users, 0), p.partners
     from (
         select d.kind, d.item_key, d.partners
         from recsql.neighbor_dirty d
@@ -520,8 +517,8 @@ begin
     get diagnostics v_n = row_count;
 
     -- Patches: only some partners' counts went up, so the list is its old entries with those partners
-    -- rescored, best first (see _apply_pairs); no scan of the item's pairs. A list that would come
-    -- out empty is recomputed whole instead.
+    -- rescored, best first (see _apply_pairs); no scan of the item's pairs. An item whose list is
+    -- gone, or would come out empty, is recomputed whole instead.
     with patched as (
         update recsql.neighbor_lists l
         set neighbors = x.neighbors, scores = x.scores, together = x.together
@@ -666,16 +663,16 @@ begin
            array_agg(x.item_b order by x.rank),
            array_agg(x.score::real order by x.rank),
            array_agg(x.n order by x.rank),
-           min(x.users)
+           r.users
     from (
-        select s.kind, s.item_a, s.item_b, s.n, s.score, r.users,
+        select s.kind, s.item_a, s.item_b, s.n, s.score,
                -- Ranked as stored (real), so that a patched list orders ties as a recomputed one.
                row_number() over (partition by s.kind, s.item_a order by s.score::real desc, s.item_b) as rank
         from pg_temp.recsql_refresh_scored s
-        join pg_temp.recsql_refresh r on r.kind = s.kind and r.item_key = s.item_a
     ) x
+    join pg_temp.recsql_refresh r on r.kind = x.kind and r.item_key = x.item_a
     where x.rank <= v_len
-    group by x.kind, x.item_a;
+    group by x.kind, x.item_a, r.users;
 
     if v_nestloop is not null then
         perform set_config('enable_nestloop', v_nestloop, true);

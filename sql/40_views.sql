@@ -30,22 +30,26 @@ join recsql.items i on i.item_key = st.item_key;
 
 comment on view recsql.item_popularity is 'Per item: distinct users, events, and trending score as of now';
 
+-- Pairs are stored once (item_a < item_b); this lists each from both sides: every partner of an item.
+create view recsql.item_pair_sides as
+select p.kind, p.item_a as item_key, p.item_b as partner, p.n from recsql.item_pairs p
+union all
+select p.kind, p.item_b, p.item_a, p.n from recsql.item_pairs p;
+
+comment on view recsql.item_pair_sides is
+    'Each stored item pair from both sides: an item''s partners are the rows with its item_key';
+
 create view recsql.item_neighbors as
 select a.item_id,
        b.item_id as neighbor_id,
        case p.kind when 'v' then 'cooccurrence' else 'bought_together' end as kind,
        p.n as together,
        recsql._pair_score(p.n, sa.n_users, sb.n_users, 'cosine') as cosine
-from (
-    -- Stored once per pair; listed from both sides.
-    select x.kind, x.item_a, x.item_b, x.n from recsql.item_pairs x
-    union all
-    select x.kind, x.item_b, x.item_a, x.n from recsql.item_pairs x
-) p
-join recsql.items a on a.item_key = p.item_a
-join recsql.items b on b.item_key = p.item_b
-join recsql.item_stats sa on sa.item_key = p.item_a
-join recsql.item_stats sb on sb.item_key = p.item_b;
+from recsql.item_pair_sides p
+join recsql.items a on a.item_key = p.item_key
+join recsql.items b on b.item_key = p.partner
+join recsql.item_stats sa on sa.item_key = p.item_key
+join recsql.item_stats sb on sb.item_key = p.partner;
 
 comment on view recsql.item_neighbors is 'Every item pair, from both sides, with its count and cosine similarity';
 

@@ -397,6 +397,8 @@ begin
 end
 $$;
 
+drop view recsql.item_pair_sides;
+
 drop index recsql.item_pairs_b_idx;
 
 alter table recsql.item_pairs drop constraint item_pairs_order_check;

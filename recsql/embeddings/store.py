@@ -110,8 +110,7 @@ def pairs(conn: Conn) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt
     b: list[int] = []
     n: list[int] = []
     with conn.cursor().copy(
-        "COPY (SELECT item_a, item_b, n FROM recsql.item_pairs WHERE kind = 'v'"
-        " UNION ALL SELECT item_b, item_a, n FROM recsql.item_pairs WHERE kind = 'v') TO STDOUT"
+        "COPY (SELECT item_key, partner, n FROM recsql.item_pair_sides WHERE kind = 'v') TO STDOUT"
     ) as cp:
         for row in cp.rows():
             a.append(int(row[0]))

@@ -217,43 +217,44 @@ class Embedder(Loop):
         sp = store.space(conn, "behavior")
         if sp is None or sp.fitted_at is None:
             return 0
-        written = 0
-        keys, vectors, supports, totals = [], [], [], []
+        keys: list[int] = []
+        vectors: list[np.ndarray[Any, Any]] = []
+        supports: list[int | None] = []
+        totals: list[int | None] = []
+        missing = np.full(sp.dim, np.nan, dtype=np.float32)
         # Partner vectors in binary: a popular item has thousands of partners, and parsing their
         # text form number by number took longer than the rest of the batch.
-        partners = conn.cursor(binary=True)
-        register_vector_info(partners, self._vector_type(conn))  # type: ignore[arg-type]
-        missing = np.full(sp.dim, np.nan, dtype=np.float32)
-        for row in claimed:
-            key = row["item_key"]
-            # The whole row: partners without a vector count in the item's total (NaN rows).
-            pair_rows = partners.execute(
-                "SELECT p.item_b, p.n, e.embedding AS v, e.pair_total"
-                " FROM (SELECT item_b, n FROM recsql.item_pairs WHERE kind = 'v' AND item_a = %(k)s"
-                "       UNION ALL SELECT item_a, n FROM recsql.item_pairs WHERE kind = 'v' AND item_b = %(k)s) p"
-                " LEFT JOIN recsql.item_embeddings e ON e.space = 'behavior' AND e.item_key = p.item_b",
-                {"k": key},
-            ).fetchall()
-            if not pair_rows:
-                continue
-            vec = behavior.fold_in(
-                np.array([r["item_b"] for r in pair_rows], dtype=np.int64),
-                np.array([r["n"] for r in pair_rows], dtype=np.float64),
-                np.stack([r["v"].to_numpy() if r["v"] is not None else missing for r in pair_rows]),
-                np.array([r["pair_total"] or r["n"] for r in pair_rows], dtype=np.float64),
-                sp.fit_meta,
-            )
-            if vec is None:
-                continue
-            stats = conn.execute(
-                "SELECT (SELECT n_events FROM recsql.item_stats WHERE item_key = %(k)s) AS support,"
-                " (SELECT sum(n) FROM recsql.item_pairs WHERE kind = 'v' AND %(k)s IN (item_a, item_b)) AS total",
-                {"k": key},
-            ).fetchone()
-            keys.append(key)
-            vectors.append(vec)
-            supports.append(stats["support"] if stats else None)
-            totals.append(int(stats["total"]) if stats and stats["total"] is not None else None)
+        with conn.cursor(binary=True) as partners:
+            register_vector_info(partners, self._vector_type(conn))  # type: ignore[arg-type]
+            for row in claimed:
+                key = row["item_key"]
+                # The whole row: partners without a vector count in the item's total (NaN rows).
+                pair_rows = partners.execute(
+                    "SELECT p.partner, p.n, e.embedding AS v, e.pair_total"
+                    " FROM recsql.item_pair_sides p"
+                    " LEFT JOIN recsql.item_embeddings e ON e.space = 'behavior' AND e.item_key = p.partner"
+                    " WHERE p.kind = 'v' AND p.item_key = %s",
+                    (key,),
+                ).fetchall()
+                if not pair_rows:
+                    continue
+                vec = behavior.fold_in(
+                    np.array([r["partner"] for r in pair_rows], dtype=np.int64),
+                    np.array([r["n"] for r in pair_rows], dtype=np.float64),
+                    np.stack([r["v"].to_numpy() if r["v"] is not None else missing for r in pair_rows]),
+                    np.array([r["pair_total"] or r["n"] for r in pair_rows], dtype=np.float64),
+                    sp.fit_meta,
+                )
+                if vec is None:
+                    continue
+                support = conn.execute(
+                    "SELECT n_events FROM recsql.item_stats WHERE item_key = %s", (key,)
+                ).fetchone()
+                keys.append(key)
+                vectors.append(vec)
+                supports.append(support["n_events"] if support else None)
+                # The rows just read are all the item's pairs: their sum is its co-occurrence total.
+                totals.append(sum(int(r["n"]) for r in pair_rows))
         if keys:
             store.write(
                 conn,
@@ -264,5 +265,4 @@ class Embedder(Loop):
                 supports=supports,
                 pair_totals=totals,
             )
-            written = len(keys)
-        return written
+        return len(keys)
