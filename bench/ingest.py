@@ -184,7 +184,7 @@ STREAM_DB = "recsql_bench_stream"
 
 
 def streaming_load(
-    server: str, shop: list[dict[str, Any]], chunks: list[bytes], lists: int
+    server: str, shop: list[dict[str, Any]], chunks: list[bytes], folder_options: dict[str, int]
 ) -> dict[str, Any]:
     """The same chunks COPYed one after another while `recsql worker`'s folder runs alongside.
 
@@ -197,23 +197,27 @@ def streaming_load(
     try:
         with db.connection(url) as conn:
             load.upsert_items(conn, shop)
-            folder = FolderProcess(url, lists)
+            folder = FolderProcess(url, folder_options)
             started = time.perf_counter()
             copy_s = 0.0
             for payload in chunks:
                 copy_s += timed_copy(conn, EVENTS, payload)
             copied = time.perf_counter() - started
             while True:
-                pending = benchdb.one(conn, "SELECT pending_events, pending_lists FROM recsql.fold_status")
+                pending = benchdb.one(
+                    conn, "SELECT pending_events, pending_pair_events, pending_lists FROM recsql.fold_status"
+                )
                 if (
                     folder.folded >= n_events
                     and pending["pending_events"] == 0
+                    and pending["pending_pair_events"] == 0
                     and pending["pending_lists"] == 0
                 ):
                     break
                 time.sleep(0.05)
             wall = time.perf_counter() - started
             folds = folder.stop()
+            rounds = folder.list_rounds
     finally:
         with psycopg.connect(benchdb.database_url(server, "postgres"), autocommit=True) as admin:
             admin.execute(
@@ -221,7 +225,9 @@ def streaming_load(
             )
     log(
         f"  streaming: {n_events:,} events maintained in {wall:.1f} s ({n_events / wall:,.0f}/s);"
-        f" the COPYs ended after {copied:.1f} s; {len(folds)} folder rounds"
+        f" the COPYs ended after {copied:.1f} s; {len(folds)} fold rounds"
+        f" ({sum(sec for _, sec in folds):.1f} s), list lane {sum(r[2] for r in rounds):.1f} s adding pairs"
+        f" and {sum(r[3] for r in rounds):.1f} s refreshing {sum(r[1] for r in rounds):,} lists"
     )
     return {
         "events": n_events,
@@ -231,36 +237,46 @@ def streaming_load(
         "maintained_events_per_s": round(n_events / wall),
         "folder_rounds": len(folds),
         "folder_busy_s": round(sum(sec for _, sec in folds), 2),
+        "list_rounds": len(rounds),
+        "pairing_s": round(sum(r[2] for r in rounds), 2),
+        "refreshing_s": round(sum(r[3] for r in rounds), 2),
+        "lists_refreshed": sum(r[1] for r in rounds),
     }
 
 
-def _fold_in_child(url: str, lists: int, stop: Any, folds: Any, progress: Any) -> None:
+def _fold_in_child(url: str, options: dict[str, int], stop: Any, folds: Any, progress: Any) -> None:
     """Body of the folder process: run recsql.worker.Folder until ``stop`` is set, then report its folds."""
     done: list[tuple[int, float]] = []
+    lists: list[tuple[int, int, float, float]] = []
 
     def on_fold(n: int, seconds: float) -> None:
         done.append((n, seconds))
         progress.value += n
 
-    folder = Folder(url, idle_s=0.05, lists_per_round=lists, on_fold=on_fold)
+    def on_lists(paired: int, refreshed: int, pair_s: float, refresh_s: float) -> None:
+        lists.append((paired, refreshed, pair_s, refresh_s))
+
+    folder = Folder(url, idle_s=0.05, on_fold=on_fold, on_lists=on_lists, **options)
     folder.start_thread()
     stop.wait()
     folder.stop()
-    folds.put(done)
+    folds.put((done, lists))
 
 
 class FolderProcess:
     """A Folder in its own process, as `recsql worker` runs it, so it shares no GIL with the load."""
 
-    def __init__(self, url: str, lists: int) -> None:
+    def __init__(self, url: str, options: dict[str, int]) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._stop = ctx.Event()
         self._folds: Any = ctx.Queue()
         self._progress: Any = ctx.Value("q", 0)
         self._process = ctx.Process(
-            target=_fold_in_child, args=(url, lists, self._stop, self._folds, self._progress), daemon=True
+            target=_fold_in_child, args=(url, options, self._stop, self._folds, self._progress), daemon=True
         )
         self._process.start()
+        # (events paired, lists refreshed, seconds pairing, seconds refreshing) per list round.
+        self.list_rounds: list[tuple[int, int, float, float]] = []
 
     @property
     def folded(self) -> int:
@@ -269,17 +285,23 @@ class FolderProcess:
     def stop(self) -> list[tuple[int, float]]:
         """Stop after the round in progress; return (events, seconds) of every round that folded."""
         self._stop.set()
-        folds: list[tuple[int, float]] = self._folds.get(timeout=600)
+        folds: list[tuple[int, float]]
+        folds, self.list_rounds = self._folds.get(timeout=600)
         self._process.join(timeout=60)
         return folds
 
 
 def track_latency(
-    url: str, users: list[str], items: list[str], calls: int, with_folder: bool, lists: int
+    url: str,
+    users: list[str],
+    items: list[str],
+    calls: int,
+    with_folder: bool,
+    folder_options: dict[str, int],
 ) -> dict[str, Any]:
     """Client-side wall time of recsql.track over autocommit calls, optionally while a folder runs."""
     rng = random.Random(11 + with_folder)
-    folder = FolderProcess(url, lists) if with_folder else None
+    folder = FolderProcess(url, folder_options) if with_folder else None
     ms = []
     try:
         with db.connection(url) as conn:
@@ -292,7 +314,7 @@ def track_latency(
     finally:
         if folder is not None:
             folder.stop()
-    return {"with_folder": with_folder, "lists_per_round": lists, **benchdb.percentiles(ms)}
+    return {"with_folder": with_folder, **folder_options, **benchdb.percentiles(ms)}
 
 
 class Writers:
@@ -366,12 +388,18 @@ class Writers:
 
 
 def concurrency(
-    url: str, users: list[str], items: list[str], hot: str, writers: int, seconds: float, lists: int
+    url: str,
+    users: list[str],
+    items: list[str],
+    hot: str,
+    writers: int,
+    seconds: float,
+    folder_options: dict[str, int],
 ) -> dict[str, Any]:
     """``writers`` threads with their own connections for ``seconds``, a folder process folding meanwhile."""
     with db.connection(url) as conn:
         before = benchdb.one(conn, "SELECT count(*) AS n FROM recsql.events")["n"]
-    folder = FolderProcess(url, lists)
+    folder = FolderProcess(url, folder_options)
     work = Writers(url, users, items, hot, seconds)
     threads = [threading.Thread(target=work.run, args=(i,), daemon=True) for i in range(writers)]
     started = time.perf_counter()
@@ -396,7 +424,7 @@ def concurrency(
     fold_sizes = [n for n, _ in folds]
     return {
         "writers": writers,
-        "lists_per_round": lists,
+        **folder_options,
         "seconds": round(elapsed, 1),
         "events": work.events,
         "events_stored": after - before,
@@ -494,6 +522,9 @@ def main() -> None:
         help="Folder's neighbour lists per round (default: worker's).",
     )
     parser.add_argument(
+        "--lanes", type=int, choices=(1, 2), default=2, help="Folder's sessions (default: worker's 2)."
+    )
+    parser.add_argument(
         "--existing",
         metavar="DATABASE",
         default=None,
@@ -508,7 +539,10 @@ def main() -> None:
     )
     parser.add_argument("--out", default="ingest.json", help="File name under bench/results/.")
     args = parser.parse_args()
-    lists = args.lists_per_round or Folder(idle_s=0).lists_per_round
+    folder_options = {
+        "lists_per_round": args.lists_per_round or Folder(idle_s=0).lists_per_round,
+        "lanes": args.lanes,
+    }
     n_users = args.users or max(10, args.events // 20)
 
     server = benchdb.server_url()
@@ -541,7 +575,9 @@ def main() -> None:
             results["storage"] = step("storage", lambda: storage(conn))
             conn.execute("VACUUM ANALYZE")
         if args.streaming:
-            stream_result = step("streaming load", lambda: streaming_load(server, shop, chunks, lists))
+            stream_result = step(
+                "streaming load", lambda: streaming_load(server, shop, chunks, folder_options)
+            )
             stream_result["ratio_to_raw"] = round(
                 stream_result["maintained_events_per_s"] / results["bulk"]["raw_copy_events_per_s"], 3
             )
@@ -554,18 +590,19 @@ def main() -> None:
 
     results["track"] = [
         step(
-            "track latency", lambda: track_latency(url, all_users, population, args.track_calls, False, lists)
+            "track latency",
+            lambda: track_latency(url, all_users, population, args.track_calls, False, folder_options),
         ),
         step(
             "track latency, folder running",
-            lambda: track_latency(url, all_users, population, args.track_calls, True, lists),
+            lambda: track_latency(url, all_users, population, args.track_calls, True, folder_options),
         ),
     ]
     # Overlapping users: every writer draws from the same few thousand.
     shared_users = random.Random(3).sample(all_users, min(len(all_users), 2000))
     results["concurrency"] = step(
         f"{args.writers} writers for {args.seconds:.0f} s",
-        lambda: concurrency(url, shared_users, population, hot, args.writers, args.seconds, lists),
+        lambda: concurrency(url, shared_users, population, hot, args.writers, args.seconds, folder_options),
     )
     with db.connection(url) as conn:
         results["rebuild_check"] = step("flush, rebuild and compare", lambda: check_against_rebuild(conn))
@@ -623,8 +660,10 @@ def report_bulk(r: dict[str, Any]) -> None:
     if "streaming" in r:
         st = r["streaming"]
         print(
-            f"  streaming (COPY while the worker folds) {st['maintained_events_per_s']:,}/s"
-            f" ({st['wall_s']} s until all folded and listed), ratio {st['ratio_to_raw']}"
+            f"  streaming (COPY while the worker folds, {r['args']['lanes']} lanes)"
+            f" {st['maintained_events_per_s']:,}/s ({st['wall_s']} s until all folded and listed),"
+            f" ratio {st['ratio_to_raw']}; fold lane {st['folder_busy_s']} s, list lane"
+            f" {st['pairing_s']} s adding pairs + {st['refreshing_s']} s refreshing {st['lists_refreshed']:,} lists"
         )
     print(
         f"storage: {s['bytes_per_event']} bytes/event (events {s['events_only_bytes_per_event']},"

@@ -148,14 +148,34 @@ def flush(conn: Conn) -> int:
     return int(_rows(conn, "SELECT recsql.flush() AS n", {})[0]["n"])
 
 
-def fold(conn: Conn) -> int:
-    """Fold committed events into the derived tables (not the neighbour lists); return how many."""
-    return int(_rows(conn, "SELECT recsql.fold() AS n", {})[0]["n"])
+def fold(conn: Conn, *, defer_pairs: bool = False) -> int:
+    """Fold committed events into the derived tables (not the neighbour lists); return how many.
+
+    With ``defer_pairs`` their pair counts are queued for :func:`fold_pairs` (another session's job).
+    """
+    return int(_rows(conn, "SELECT recsql.fold(%(d)s) AS n", {"d": defer_pairs})[0]["n"])
 
 
-def refresh_neighbors(conn: Conn, max_items: int | None = None) -> int:
-    """Recompute up to ``max_items`` changed neighbour lists (all when None); return how many."""
-    return int(_rows(conn, "SELECT recsql.refresh_neighbors(%(m)s) AS n", {"m": max_items})[0]["n"])
+def fold_pairs(conn: Conn) -> int:
+    """Add the pair counts queued by deferred folds to item_pairs; return their events."""
+    return int(_rows(conn, "SELECT recsql.fold_pairs() AS n", {})[0]["n"])
+
+
+def refresh_neighbors(conn: Conn, max_items: int | None = None, *, wait: bool = True) -> int:
+    """Recompute up to ``max_items`` changed neighbour lists (all when None); return how many.
+
+    With ``wait=False`` it returns 0 at once while pairs are being added (the pairs lock is taken).
+    """
+    if wait:
+        return int(_rows(conn, "SELECT recsql.refresh_neighbors(%(m)s) AS n", {"m": max_items})[0]["n"])
+    return int(
+        _rows(
+            conn,
+            "SELECT CASE WHEN pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key())"
+            " THEN recsql.refresh_neighbors(%(m)s) ELSE 0 END AS n",
+            {"m": max_items},
+        )[0]["n"]
+    )
 
 
 def rebuild(conn: Conn) -> int:

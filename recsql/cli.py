@@ -148,7 +148,8 @@ def db_status() -> None:
         f"events:          {counts['events']:,}  items: {counts['items']:,}  pairs: {counts['pairs']:,}"
     )
     click.echo(
-        f"pending fold:    {status['pending_events']:,} events, {status['pending_lists']:,} neighbour lists"
+        f"pending fold:    {status['pending_events']:,} events, pairs of"
+        f" {status.get('pending_pair_events') or 0:,} events, {status['pending_lists']:,} neighbour lists"
         f" (last fold {status['last_fold_at'] or 'never'})"
     )
     if (

@@ -16,6 +16,8 @@ from recsql.errors import RecsqlError
 log = logging.getLogger("recsql.worker")
 
 MAINTAIN_EVERY_S = 3600.0
+# Events waiting for the fold lane beyond which the list lane treats itself as behind a backlog.
+BACKLOG_EVENTS = 10_000
 
 
 class Loop:
@@ -44,7 +46,13 @@ class Loop:
 class Folder(Loop):
     """Folds events and refreshes neighbour lists in rounds: every ``round_s`` while there is work,
     every ``idle_s`` when there is none. While events keep coming, lists are refreshed at most
-    every ``refresh_s``; as soon as a round finds nothing new, at once.
+    every ``refresh_s`` (every ``backlog_refresh_s`` while a backlog is being worked off); as soon
+    as a round finds nothing new, at once.
+
+    With ``lanes=2`` (the default) the work runs in two sessions side by side, one core each: the
+    fold lane folds events into counts and statistics and queues their pair counts
+    (``recsql.fold(defer_pairs => true)``), the list lane adds those pairs (``recsql.fold_pairs()``)
+    and refreshes the lists. With ``lanes=1`` one session does both, one after the other.
 
     Each round folds everything pending, then refreshes at most ``lists_per_round`` neighbour lists
     (oldest change first), so a burst of events cannot starve folding. Spacing busy rounds lets a
@@ -61,16 +69,24 @@ class Folder(Loop):
         idle_s: float = 0.1,
         round_s: float = 0.25,
         refresh_s: float = 1.0,
+        backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
+        lanes: int = 2,
         on_fold: Callable[[int, float], None] | None = None,
+        on_lists: Callable[[int, int, float, float], None] | None = None,
     ) -> None:
         super().__init__()
+        if lanes not in (1, 2):
+            raise ValueError(f"lanes must be 1 or 2, not {lanes}")
         self.url = url
         self.idle_s = idle_s
         self.round_s = round_s
         self.refresh_s = refresh_s
+        self.backlog_refresh_s = backlog_refresh_s
         self.lists_per_round = lists_per_round
+        self.lanes = lanes
         self.on_fold = on_fold
+        self.on_lists = on_lists
         self.folded = 0
 
     @staticmethod
@@ -83,37 +99,106 @@ class Folder(Loop):
         ).fetchone()
         return bool(row and row["due"])
 
+    @staticmethod
+    def _events_pending(conn: psycopg.Connection[Any]) -> int:
+        """Events committed and not folded yet (the inbox is a few rows: cheap to sum)."""
+        row = conn.execute("SELECT coalesce(sum(n), 0) AS n FROM recsql.event_inbox").fetchone()
+        return int(row["n"]) if row else 0
+
     def run(self) -> None:
         """Fold until stop() is called; reconnect after database errors."""
+        if self.lanes == 1:
+            self._connected(self._one_lane)
+            return
+        lists = threading.Thread(
+            target=self._connected, args=(self._list_lane,), name=f"{self.thread_name}-lists", daemon=True
+        )
+        lists.start()
+        try:
+            self._connected(self._fold_lane)
+        finally:
+            self._stop.set()
+            lists.join(timeout=30)
+
+    def _connected(self, lane: Callable[[psycopg.Connection[Any]], None]) -> None:
+        """Run ``lane`` on a connection of its own until stop(), reconnecting after errors."""
         while not self._stop.is_set():
             try:
                 with db.connection(self.url) as conn:
                     # The folder's commits need not wait for the disk: derived state and the inbox
-                    # rows it consumed commit together, so a fold lost in a crash is simply redone.
-                    # Writers' commits then do not queue behind the folder's WAL flushes.
+                    # rows (or queued pairs) it consumed commit together, so a fold lost in a crash
+                    # is simply redone. Writers' commits then do not queue behind its WAL flushes.
                     conn.execute("SET synchronous_commit = off")
-                    last_refresh = 0.0
-                    while not self._stop.is_set():
-                        if self._maintenance_due(conn):
-                            api.maintain(conn)
-                        started = time.perf_counter()
-                        n = api.fold(conn)
-                        # Under steady traffic the same popular items' lists are marked again
-                        # every round: refreshing them at most every refresh_s (and at once when
-                        # the events stop) does the work once for many events.
-                        refreshed = 0
-                        if n == 0 or started - last_refresh >= self.refresh_s:
-                            refreshed = api.refresh_neighbors(conn, self.lists_per_round)
-                            last_refresh = started
-                        # Shadow states of candidate models fold the same events after the active one.
-                        shadow = api.fold_states(conn, self.lists_per_round)
-                        elapsed = time.perf_counter() - started
-                        if n:
-                            self.folded += n
-                            if self.on_fold is not None:
-                                self.on_fold(n, elapsed)
-                        pause = self.round_s if (n or refreshed or shadow) else self.idle_s
-                        self._stop.wait(max(0.0, pause - elapsed))
+                    lane(conn)
             except (psycopg.Error, RecsqlError) as exc:
                 log.warning("folder: %s; retrying in 2 s", exc)
                 self._stop.wait(2.0)
+
+    def _folded(self, n: int, started: float) -> None:
+        if n:
+            self.folded += n
+            if self.on_fold is not None:
+                self.on_fold(n, time.perf_counter() - started)
+
+    def _pause(self, busy: bool, started: float) -> None:
+        pause = self.round_s if busy else self.idle_s
+        self._stop.wait(max(0.0, pause - (time.perf_counter() - started)))
+
+    def _fold_lane(self, conn: psycopg.Connection[Any]) -> None:
+        """Events into counts and statistics; their pairs are queued for the list lane."""
+        while not self._stop.is_set():
+            if self._maintenance_due(conn):
+                api.maintain(conn)
+            started = time.perf_counter()
+            n = api.fold(conn, defer_pairs=True)
+            # Nothing to fold: help the list lane refresh lists (on disjoint lists, side by side),
+            # unless it is adding pairs just now.
+            refreshed = 0 if n else api.refresh_neighbors(conn, self.lists_per_round, wait=False)
+            # Shadow states of candidate models fold the same events after the active one.
+            shadow = api.fold_states(conn, self.lists_per_round)
+            self._folded(n, started)
+            if refreshed and self.on_lists is not None:
+                self.on_lists(0, refreshed, 0.0, time.perf_counter() - started)
+            self._pause(bool(n or refreshed or shadow), started)
+
+    def _list_lane(self, conn: psycopg.Connection[Any]) -> None:
+        """Queued pairs into item_pairs, and changed neighbour lists refreshed."""
+        last_refresh = 0.0
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            paired = api.fold_pairs(conn)
+            paired_at = time.perf_counter()
+            # Under steady traffic the same popular items' lists are marked again every round:
+            # refreshing them at most every refresh_s (and at once when the pairs stop) does the
+            # work once for many events. Behind a backlog (adding the pairs took longer than
+            # that, or a bulk of events waits for the fold lane), the next drains mark most lists
+            # again: they wait until it is worked off, or at most backlog_refresh_s.
+            backlog = paired_at - started >= self.refresh_s or self._events_pending(conn) >= BACKLOG_EVENTS
+            refreshed = 0
+            if started - last_refresh >= (self.backlog_refresh_s if backlog else self.refresh_s) or (
+                paired == 0 and not backlog
+            ):
+                refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                last_refresh = started
+            if (paired or refreshed) and self.on_lists is not None:
+                self.on_lists(paired, refreshed, paired_at - started, time.perf_counter() - paired_at)
+            self._pause(bool(paired or refreshed), started)
+
+    def _one_lane(self, conn: psycopg.Connection[Any]) -> None:
+        """Both lanes' work in one session, one after the other."""
+        last_refresh = 0.0
+        while not self._stop.is_set():
+            if self._maintenance_due(conn):
+                api.maintain(conn)
+            started = time.perf_counter()
+            n = api.fold(conn)
+            folded_at = time.perf_counter()
+            refreshed = 0
+            if n == 0 or started - last_refresh >= self.refresh_s:
+                refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                last_refresh = started
+            if refreshed and self.on_lists is not None:
+                self.on_lists(0, refreshed, 0.0, time.perf_counter() - folded_at)
+            shadow = api.fold_states(conn, self.lists_per_round)
+            self._folded(n, started)
+            self._pause(bool(n or refreshed or shadow), started)

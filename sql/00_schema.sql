@@ -8,6 +8,7 @@
 --   recsql.item_stats        per item: distinct users, events, popularity  } recsql.flush()
 --   recsql.item_pairs        item pairs formed in users' recent windows    } and rebuilt by
 --                            (co-occurrence, and bought together)          } recsql.rebuild()
+--   recsql.pair_queue        pair deltas of deferred folds, for recsql.fold_pairs()
 --   recsql.neighbor_lists    per item, its best-scoring pairs: the serving index the queries read
 
 create schema recsql;
@@ -240,6 +241,28 @@ comment on table recsql.item_pairs is
     'Derived: kind v = times one of the two items entered a user''s recent window while the other was in '
     'it; kind p = the same over the user''s recent conversions (bought together). Symmetric, so stored '
     'once, with item_a < item_b: an item''s pairs are those it is item_a or item_b of.';
+
+-- Pair deltas of folds run with defer_pairs (the worker's fold lane), waiting for recsql.fold_pairs()
+-- (its list lane): one row per fold, the pairs as parallel arrays, so queueing costs one row.
+create table recsql.pair_queue (
+    events integer not null,
+    kinds "char"[] not null,
+    items_a integer[] not null,
+    items_b integer[] not null,
+    n integer[] not null,
+    queued_at timestamptz not null default now()
+);
+
+-- Written once and read once: compressing them would cost more than the bytes saved.
+alter table recsql.pair_queue
+    alter column kinds set storage external,
+    alter column items_a set storage external,
+    alter column items_b set storage external,
+    alter column n set storage external;
+
+comment on table recsql.pair_queue is
+    'Pair count deltas folded from events but not yet added to item_pairs; recsql.fold_pairs() applies '
+    'them (in any order: they are sums)';
 
 -- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
 create table recsql.neighbor_lists (

@@ -7,7 +7,18 @@
 create function recsql._fold_lock_key() returns bigint
 language sql immutable parallel safe as $$ select 7274006961524951345::bigint $$;
 
-comment on function recsql._fold_lock_key() is 'Advisory lock key held by whoever writes derived state';
+comment on function recsql._fold_lock_key() is
+    'Advisory lock key held by whoever folds events into derived state (one folder at a time)';
+
+-- Key of the second lock: whoever writes item_pairs or marks lists holds it (refresh_neighbors() holds
+-- it shared, so that refreshers can run side by side). A fold with defer_pairs takes only the first,
+-- recsql.fold_pairs() and refresh_neighbors() only this one, so the worker's two lanes run side by
+-- side; everything else takes both, always first then second.
+create function recsql._pairs_lock_key() returns bigint
+language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 $$;
+
+comment on function recsql._pairs_lock_key() is
+    'Advisory lock key held by whoever writes item pairs and neighbour lists';
 
 -- The replay horizon: every transaction of this database with a smaller id has ended.
 create function recsql._fold_horizon() returns xid8
@@ -162,11 +173,11 @@ $$;
 comment on function recsql._batch_add_context() is
     'Loads each batch user''s previous window events so pairs formed across fold boundaries are counted';
 
--- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's non-context events
--- whose ts lies in [p_from, p_to). kind v: pair-forming events, window cooc_window; kind p:
+-- The pair formations of the batch's non-context events whose ts lies in [p_from, p_to), as count
+-- deltas (times p_sign: 1 adds, -1 removes) in pg_temp.recsql_pair_delta; returns how many rows. kind v: pair-forming events, window cooc_window; kind p:
 -- conversions, window purchase_window. An event forms a pair with each distinct item among the
 -- user's previous N events of that kind, unless its own item is among them (no inflation by repeats).
-create function recsql._apply_pairs(p_sign integer, p_from timestamptz, p_to timestamptz) returns void
+create function recsql._pair_delta(p_sign integer, p_from timestamptz, p_to timestamptz) returns bigint
 language plpgsql as $$
 declare
     v_settings recsql.settings;
@@ -204,8 +215,23 @@ begin
     group by 1, 2, 3;
 
     get diagnostics v_deltas = row_count;
+    return v_deltas;
+end
+$$;
 
-    if p_sign < 0 or v_deltas > 10000 then
+comment on function recsql._pair_delta(integer, timestamptz, timestamptz) is
+    'Computes the batch events'' pair count deltas into pg_temp.recsql_pair_delta; returns the row count';
+
+-- Adds the count deltas in pg_temp.recsql_pair_delta (p_deltas rows; p_sign -1: removals) to item_pairs
+-- and marks the neighbour lists they change. The caller holds the pairs lock.
+create function recsql._merge_pair_delta(p_sign integer, p_deltas bigint) returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+
+    if p_sign < 0 or p_deltas > 10000 then
         -- Removals (a listed partner may drop out) and bulk folds (most lists change anyway): every
         -- touched list is recomputed whole.
         insert into recsql.item_pairs as p (kind, item_a, item_b, n)
@@ -296,11 +322,84 @@ begin
         using pg_temp.recsql_pair_delta d
         where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
     end if;
+
+    -- A bulk merge changes item_pairs faster than autovacuum re-samples it; fresh statistics keep
+    -- the next merges and refreshes on good plans. Only once it changed by a fifth since its last
+    -- analyze: re-sampling millions of pairs every chunk is not free.
+    if p_deltas > 100000 and (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
+                              from pg_stat_user_tables where relid = 'recsql.item_pairs'::regclass) then
+        analyze recsql.item_pairs;
+    end if;
+end
+$$;
+
+comment on function recsql._merge_pair_delta(integer, bigint) is
+    'Adds the pair count deltas of pg_temp.recsql_pair_delta to item_pairs and marks the lists they change';
+
+-- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's non-context events
+-- whose ts lies in [p_from, p_to), at once. The caller holds both locks.
+create function recsql._apply_pairs(p_sign integer, p_from timestamptz, p_to timestamptz) returns void
+language plpgsql as $$
+begin
+    perform recsql._merge_pair_delta(p_sign, recsql._pair_delta(p_sign, p_from, p_to));
 end
 $$;
 
 comment on function recsql._apply_pairs(integer, timestamptz, timestamptz) is
     'Counts (or uncounts) the co-occurrence and bought-together pairs formed by the batch events';
+
+-- Applies every committed queued pair delta (folds run with defer_pairs); the caller holds the
+-- pairs lock. Returns the events whose pairs it applied.
+create function recsql._drain_pair_queue() returns bigint
+language plpgsql as $$
+declare
+    v_events bigint;
+    v_deltas bigint;
+begin
+    if not exists (select 1 from recsql.pair_queue) then
+        return 0;
+    end if;
+    perform recsql._batch_reset();
+    -- Folds that queue meanwhile commit rows this snapshot does not see: the next drain takes them.
+    with taken as materialized (
+        delete from recsql.pair_queue q
+        returning q.events, q.kinds, q.items_a, q.items_b, q.n
+    ), deltas as (
+        insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
+        select u.kind, u.a, u.b, sum(u.n)
+        from taken t
+        cross join lateral unnest(t.kinds, t.items_a, t.items_b, t.n) as u(kind, a, b, n)
+        group by 1, 2, 3
+        returning 1
+    )
+    select (select coalesce(sum(t.events), 0) from taken t), (select count(*) from deltas)
+    into v_events, v_deltas;
+    perform recsql._merge_pair_delta(1, v_deltas);
+    return v_events;
+end
+$$;
+
+comment on function recsql._drain_pair_queue() is
+    'Adds every queued pair delta to item_pairs (caller holds the pairs lock); returns their events';
+
+-- The worker's list lane: adds the pairs of folds run with defer_pairs. Returns their events.
+create function recsql.fold_pairs() returns bigint
+language plpgsql as $$
+declare
+    v_n bigint;
+begin
+    perform pg_advisory_xact_lock(recsql._pairs_lock_key());
+    v_n := recsql._drain_pair_queue();
+    if v_n > 0 then
+        perform pg_notify('recsql_folded', v_n::text);  -- main only
+    end if;
+    return v_n;
+end
+$$;
+
+comment on function recsql.fold_pairs() is
+    'Adds the pair counts queued by fold(defer_pairs => true) to item_pairs and marks changed lists; returns their events';
+
 
 -- Adds the batch's non-context events to the per user/item/type statistics.
 create function recsql._apply_stats() returns void
@@ -366,15 +465,23 @@ $$;
 
 comment on function recsql._apply_stats() is 'Adds the batch events to user_item_events, item_event_counts and item_stats';
 
--- Folds every committed event that no running transaction can precede; returns how many.
-create function recsql.fold() returns bigint
+-- Folds every committed event that no running transaction can precede; returns how many. With
+-- defer_pairs their pair counts are queued for recsql.fold_pairs() instead of added here, so that
+-- the worker adds them (and refreshes lists) in a second session, on another core; without, any
+-- queued pairs are added too, so derived state is complete when it returns.
+create function recsql.fold(defer_pairs boolean default false) returns bigint
 language plpgsql as $$
 declare
     v_horizon xid8;
     v_n bigint;
     v_cooc_horizon timestamptz;
+    v_deltas bigint;
+    v_paired bigint := 0;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    if not defer_pairs then
+        perform pg_advisory_xact_lock(recsql._pairs_lock_key());
+    end if;
     -- Every transaction of this database older than the horizon has ended, so no event can still
     -- appear before the ones folded here in (xid, seq) order.
     v_horizon := recsql._fold_horizon();
@@ -405,18 +512,25 @@ begin
         perform recsql._batch_add_context();
         perform recsql._apply_stats();
         select coalesce(cooc_horizon, '-infinity') into v_cooc_horizon from recsql.fold_state;
-        perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
+        v_deltas := recsql._pair_delta(1, v_cooc_horizon, 'infinity');
+        if not defer_pairs then
+            perform recsql._merge_pair_delta(1, v_deltas);
+            v_paired := v_n;
+        elsif v_deltas > 0 then
+            insert into recsql.pair_queue (events, kinds, items_a, items_b, n)
+            select v_n, array_agg(d.kind), array_agg(d.item_a), array_agg(d.item_b), array_agg(d.n)
+            from pg_temp.recsql_pair_delta d;
+        end if;
+    end if;
+    if not defer_pairs then
+        v_paired := v_paired + recsql._drain_pair_queue();
     end if;
 
     if v_n > 50000 then
         -- A bulk fold changes the derived tables faster than autovacuum re-samples them; fresh
-        -- statistics keep the next folds and refreshes on good plans. Only tables that changed by
-        -- a fifth since their last analyze: re-sampling millions of pairs every chunk is not free.
+        -- statistics keep the next folds on good plans. Only tables that changed by a fifth since
+        -- their last analyze (item_pairs: see _merge_pair_delta).
         analyze recsql.item_stats;
-        if (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
-            from pg_stat_user_tables where relid = 'recsql.item_pairs'::regclass) then
-            analyze recsql.item_pairs;
-        end if;
         if (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
             from pg_stat_user_tables where relid = 'recsql.user_item_events'::regclass) then
             analyze recsql.user_item_events;
@@ -429,17 +543,19 @@ begin
         folded_events = folded_events + v_n,
         last_fold_at = now()
     where v_n > 0 or last_fold_at is null or last_fold_at < now() - interval '5 seconds';
-    if v_n > 0 then
-        -- Wakes the embedding worker. Sent here, once per fold, rather than by the events trigger:
-        -- NOTIFY serialises committing transactions, which every writer would then pay for.
-        perform pg_notify('recsql_folded', v_n::text);  -- main only
+    if v_paired > 0 then
+        -- Wakes the embedding worker once pairs are in (here or in fold_pairs). Sent once per fold
+        -- rather than by the events trigger: NOTIFY serialises committing transactions, which every
+        -- writer would then pay for.
+        perform pg_notify('recsql_folded', v_paired::text);  -- main only
     end if;
     return v_n;
 end
 $$;
 
-comment on function recsql.fold() is
-    'Folds committed events into the derived tables (not the neighbour lists); returns the count';
+comment on function recsql.fold(boolean) is
+    'Folds committed events into the derived tables (not the neighbour lists; with defer_pairs, not the '
+    'item pairs either: recsql.fold_pairs() adds those); returns the count';
 
 -- Similarity of a pair from its count and the two items' user counts.
 create function recsql._pair_score(p_n integer, p_users_a integer, p_users_b integer, p_similarity text)
@@ -468,7 +584,9 @@ declare
     v_prune boolean;
     v_full integer;
 begin
-    perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    -- Shared: refreshers run side by side on disjoint lists (picked with skip locked below), while
+    -- whoever changes pairs or marks lists holds the lock exclusively.
+    perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
     if not exists (select 1 from recsql.neighbor_dirty) then
         return 0;  -- idle: leave the scratch tables alone
     end if;
@@ -512,6 +630,7 @@ begin
         from recsql.neighbor_dirty d
         order by d.marked_at, d.kind, d.item_key
         limit refresh_neighbors.max_items
+        for update of d skip locked
     ) p
     left join recsql.item_stats st on st.item_key = p.item_key;
     get diagnostics v_n = row_count;
@@ -727,10 +846,11 @@ declare
     v_cooc_horizon timestamptz;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    perform pg_advisory_xact_lock(recsql._pairs_lock_key());
     v_horizon := recsql._fold_horizon();
 
     truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs,
-             recsql.neighbor_lists, recsql.neighbor_dirty;
+             recsql.pair_queue, recsql.neighbor_lists, recsql.neighbor_dirty;
     delete from recsql.event_inbox where xid < v_horizon;
 
     perform recsql._batch_reset();
@@ -767,7 +887,9 @@ declare
     v_cooc_horizon timestamptz;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
-    -- Fold first so that every visible event of the user below the horizon is in derived state.
+    perform pg_advisory_xact_lock(recsql._pairs_lock_key());
+    -- Fold first (queued pairs included) so that every visible event of the user below the horizon
+    -- is in derived state.
     perform recsql.fold();
     select * into v_settings from recsql.settings;
     select horizon, coalesce(cooc_horizon, '-infinity') into v_horizon, v_cooc_horizon from recsql.fold_state;
@@ -853,6 +975,7 @@ declare
     v_shift double precision;
 begin
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
+    perform pg_advisory_xact_lock(recsql._pairs_lock_key());
     perform recsql.flush();
     select * into v_settings from recsql.settings;
     select coalesce(cooc_horizon, '-infinity'), horizon into v_old, v_horizon from recsql.fold_state;

@@ -62,7 +62,8 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        (select count(*) from recsql.neighbor_dirty) as pending_lists,
        (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
        f.cooc_horizon,
-       f.maintained_at
+       f.maintained_at,
+       (select coalesce(sum(q.events), 0) from recsql.pair_queue q)::bigint as pending_pair_events
 from recsql.fold_state f;
 
 comment on view recsql.fold_status is 'Folder progress: events waiting to reach derived state, and when it last ran';

@@ -16,7 +16,7 @@
 create function recsql._state_tables() returns text[]
 language sql immutable parallel safe as $$
     select array['settings', 'fold_state', 'event_inbox', 'user_item_events', 'item_event_counts',
-                 'item_stats', 'item_pairs', 'neighbor_lists', 'neighbor_dirty']
+                 'item_stats', 'item_pairs', 'pair_queue', 'neighbor_lists', 'neighbor_dirty']
 $$;
 
 comment on function recsql._state_tables() is 'Tables each model state has its own copy of; promotion swaps them';
@@ -25,9 +25,9 @@ create function recsql._state_functions() returns text[]
 language sql immutable parallel safe as $$
     select array[
         -- folding
-        '_batch_resolve_items', '_batch_add_context', '_apply_pairs', '_apply_stats', 'fold',
-        'refresh_neighbors', 'flush', 'mark_all_neighbors', 'rebuild', '_forget_state', 'maintain',
-        'state_digest',
+        '_batch_resolve_items', '_batch_add_context', '_pairs_lock_key', '_pair_delta', '_merge_pair_delta',
+        '_apply_pairs', '_drain_pair_queue', '_apply_stats', 'fold', 'fold_pairs', 'refresh_neighbors', 'flush',
+        'mark_all_neighbors', 'rebuild', '_forget_state', 'maintain', 'state_digest',
         -- queries, so that a candidate can serve an online test from its own state
         '_pair_scores', '_user_sources', '_rank', 'recommend', 'session_recommend', '_neighbors',
         '_similar', 'similar_items', 'bought_together', '_trending_score', 'trending', 'explain']

@@ -75,6 +75,10 @@ def _database_lines() -> str:
             "Events committed but not yet folded into derived state",
             status.get("pending_events"),
         ),
+        "recsql_pair_events_pending": (
+            "Events folded whose pair counts are queued for the list lane",
+            status.get("pending_pair_events"),
+        ),
         "recsql_lists_pending": ("Neighbour lists waiting to be refreshed", status.get("pending_lists")),
         "recsql_events_folded": ("Events folded since the schema was created", status.get("folded_events")),
         "recsql_fold_lag_seconds": ("Seconds since the folder last ran", status.get("seconds_since_fold")),

@@ -52,7 +52,7 @@ def reset(conn: psycopg.Connection[Any]) -> None:
         conn.execute("DELETE FROM recsql.events")
         conn.execute(
             "TRUNCATE recsql.event_inbox, recsql.user_item_events, recsql.item_event_counts,"
-            " recsql.item_stats, recsql.item_pairs"
+            " recsql.item_stats, recsql.item_pairs, recsql.pair_queue"
         )
         conn.execute("DELETE FROM recsql.items")
         conn.execute("UPDATE recsql.fold_state SET cooc_horizon = NULL, folded_events = 0")

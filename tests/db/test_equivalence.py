@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,9 @@ step = st.one_of(
     st.tuples(st.sampled_from(["insert", "copy", "track", "txn"]), st.lists(event, min_size=1, max_size=5)),
     st.tuples(st.just("flush"), st.just([])),
     st.tuples(st.just("maintain"), st.just([])),
+    # The worker's two lanes: folds that queue their pairs, and the drain that adds them.
+    st.tuples(st.just("defer"), st.just([])),
+    st.tuples(st.just("pairs"), st.just([])),
 )
 
 
@@ -48,6 +52,10 @@ def apply_step(conn: psycopg.Connection[Any], kind: str, events: list[dict[str, 
         conn.execute("SELECT recsql.flush()")
     elif kind == "maintain":
         conn.execute("SELECT * FROM recsql.maintain()")
+    elif kind == "defer":
+        conn.execute("SELECT recsql.fold(defer_pairs => true)")
+    elif kind == "pairs":
+        conn.execute("SELECT recsql.fold_pairs(), recsql.refresh_neighbors(2)")
     elif kind == "insert":
         # One multi-row statement.
         with conn.cursor() as cur:
@@ -103,6 +111,38 @@ def test_incremental_equals_rebuild_and_forget_is_exact(conn, steps, window, pur
     assert left["n"] == 0
     assert all(r[0] != forget for r in after_forget["user_item_events"])
     assert_same_state(after_forget, rebuilt_snapshot(conn))
+
+
+def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
+    """Pairs queued by fold(defer_pairs) reach item_pairs through fold_pairs(); forget_user adds any
+    still queued before it subtracts, so its result is exact either way."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 3")
+    stream = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u2", "c"), ("u3", "c"), ("u3", "a")]
+    for user, item in stream[:4]:
+        conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+    assert conn.execute("SELECT recsql.fold(defer_pairs => true) AS n").fetchone()["n"] == 4
+    status = conn.execute("SELECT pending_events, pending_pair_events FROM recsql.fold_status").fetchone()
+    assert (status["pending_events"], status["pending_pair_events"]) == (0, 4)
+    assert conn.execute("SELECT count(*) AS n FROM recsql.item_pairs").fetchone()["n"] == 0
+    # Counts and statistics are in already.
+    assert conn.execute("SELECT count(*) AS n FROM recsql.user_item_events").fetchone()["n"] == 4
+
+    assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 4
+    assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 0
+    assert (
+        conn.execute("SELECT pending_pair_events FROM recsql.fold_status").fetchone()["pending_pair_events"]
+        == 0
+    )
+    conn.execute("SELECT recsql.refresh_neighbors()")
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+    for user, item in stream[4:]:
+        conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
+    conn.execute("SELECT recsql.fold(defer_pairs => true)")
+    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 1
+    conn.execute("SELECT recsql.forget_user('u1')")
+    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 0
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
 
 
 def test_fold_boundaries_do_not_change_pairs(conn):
@@ -179,6 +219,36 @@ def test_neighbor_lists_after_full_refresh_equal_rebuild(conn):
     assert conn.execute(query).fetchall() == incremental
     assert len(incremental) == 6 and all(len(r["neighbors"]) <= 2 for r in incremental)
     assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] == 0
+
+
+def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
+    """Two sessions refresh lists at once (the worker's two lanes when idle), each taking lists the
+    other has not; adding pairs waits for both. The lists come out as one refresh makes them."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 4, neighbors_per_item = 3")
+    for user in range(4):
+        for item in range(12):
+            conn.execute(
+                "SELECT * FROM recsql.track(%s, %s, 'view')", (f"u{user}", f"i{(item * (user + 1)) % 12}")
+            )
+    conn.execute("SELECT recsql.flush()")
+    conn.execute("SELECT recsql.mark_all_neighbors()")
+    dirty = conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"]
+    assert dirty >= 12
+
+    conn.execute("SET lock_timeout = '2s'")
+    with psycopg.connect(db_url) as other:  # a transaction left open: its lists stay locked
+        assert other.execute("SELECT recsql.refresh_neighbors(5)").fetchone()[0] == 5
+        assert conn.execute("SELECT recsql.refresh_neighbors(5) AS n").fetchone()["n"] == 5
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("SELECT recsql.fold_pairs()")
+        other.commit()
+    assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] == dirty - 10
+    conn.execute("SELECT recsql.refresh_neighbors()")
+
+    query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
+    side_by_side = conn.execute(query).fetchall()
+    conn.execute("SELECT recsql.rebuild()")
+    assert conn.execute(query).fetchall() == side_by_side
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
