@@ -7,7 +7,7 @@ Builds recsql_bench_folder on recsql's server with the HTTP bench's shop (100,00
 5,000 items, 5,000 users, folded and listed), then inserts views at a fixed rate, in statements of
 25 (as the HTTP server's group commit stores them), each a random known user and an item drawn with
 the HTTP bench's skew (r^2 over the catalog), while a `recsql worker` folder runs in this process.
-Reports the CPU the folder's database backend used (cores), the time spent folding and refreshing
+Reports the CPU the folder's database backends used (cores, both lanes), the time spent folding and refreshing
 lists, how many lists were patched or recomputed whole, and how far folding lagged. The writer
 takes CPU too: run it on an otherwise quiet machine. Saves bench/results/folder_load.json.
 """
@@ -61,13 +61,13 @@ class Timed:
     """Wraps the api calls the folder makes, adding up their time and results."""
 
     def __init__(self) -> None:
-        self.seconds = {"fold": 0.0, "refresh": 0.0, "states": 0.0}
+        self.seconds = {"fold": 0.0, "pairs": 0.0, "refresh": 0.0, "states": 0.0}
         self.rounds = self.folded = self.lists = 0
         self._lock = threading.Lock()
-        self._orig = (api.fold, api.refresh_neighbors, api.fold_states)
+        self._orig = (api.fold, api.fold_pairs, api.refresh_neighbors, api.fold_states)
 
     def install(self) -> None:
-        fold, refresh, states = self._orig
+        fold, pairs, refresh, states = self._orig
 
         def timed(name: str, fn: Any) -> Any:
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -84,14 +84,15 @@ class Timed:
 
             return call
 
-        api.fold, api.refresh_neighbors, api.fold_states = (
+        api.fold, api.fold_pairs, api.refresh_neighbors, api.fold_states = (
             timed("fold", fold),
+            timed("pairs", pairs),
             timed("refresh", refresh),
             timed("states", states),
         )
 
     def restore(self) -> None:
-        api.fold, api.refresh_neighbors, api.fold_states = self._orig
+        api.fold, api.fold_pairs, api.refresh_neighbors, api.fold_states = self._orig
 
     def reset(self) -> None:
         with self._lock:
@@ -111,28 +112,30 @@ def pending(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     timed = Timed()
     timed.install()
-    folder = worker.Folder(url)
+    folder = worker.Folder(url, lanes=args.lanes)
     folder.start_thread()
     try:
         with db.connection(url) as conn:
             conn.autocommit = True
-            pid = None
-            for _ in range(50):  # the folder's session, once it has connected
-                row = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                ).fetchone()
-                if row:
-                    pid = int(str(row["pid"]))
+            pids: list[int] = []
+            for _ in range(50):  # the folder's sessions (one per lane), once they have connected
+                pids = [
+                    int(str(r["pid"]))
+                    for r in conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                    ).fetchall()
+                ]
+                if len(pids) == args.lanes:
                     break
                 time.sleep(0.1)
-            if pid is None:
-                raise SystemExit("the folder did not connect")
+            if len(pids) != args.lanes:
+                raise SystemExit(f"the folder did not connect its {args.lanes} lanes")
             rng = random.Random(args.seed)
             users = [synth.user_id(i, args.users) for i in range(args.users)]
             items = [synth.item_id(i, args.items) for i in range(args.items)]
             timed.reset()
-            cpu0, t0, sent = backend_cpu(pid), time.perf_counter(), 0
+            cpu0, t0, sent = sum(map(backend_cpu, pids)), time.perf_counter(), 0
             lag: list[int] = []
             snapshots: list[dict[str, Any]] = []
             next_sample = t0 + 1.0
@@ -154,7 +157,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 if wait > 0:
                     time.sleep(wait)
             elapsed = time.perf_counter() - t0
-            cpu = backend_cpu(pid) - cpu0
+            cpu = sum(map(backend_cpu, pids)) - cpu0
     finally:
         folder.stop()
         timed.restore()
@@ -165,7 +168,9 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "events_per_s": round(sent / elapsed),
         "folder_backend_cores": round(cpu / elapsed, 3),
         "folder_backend_ms_per_event": round(cpu / sent * 1000, 3),
+        "lanes": args.lanes,
         "fold_s": round(timed.seconds["fold"], 2),
+        "fold_pairs_s": round(timed.seconds["pairs"], 2),
         "refresh_s": round(timed.seconds["refresh"], 2),
         "rounds": timed.rounds,
         "folded": timed.folded,
@@ -186,6 +191,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=5_000)
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--lanes", type=int, choices=(1, 2), default=2, help="folder sessions (default 2)")
     parser.add_argument("--out", default="folder_load.json")
     args = parser.parse_args()
 
@@ -197,9 +203,10 @@ def main() -> None:
     log(f"steady tracking: {args.rate:,.0f} views/s for {args.seconds:.0f} s, folder running ...")
     result = run(url, args)
     log(
-        f"  sent {result['events']:,} events at {result['events_per_s']:,}/s; folder backend"
-        f" {result['folder_backend_cores']} cores ({result['folder_backend_ms_per_event']} ms per event);"
-        f" fold {result['fold_s']} s, refresh {result['refresh_s']} s ({result['lists_refreshed']:,} lists,"
+        f"  sent {result['events']:,} events at {result['events_per_s']:,}/s; folder backends"
+        f" ({result['lanes']} lanes) {result['folder_backend_cores']} cores"
+        f" ({result['folder_backend_ms_per_event']} ms per event); fold {result['fold_s']} s, adding pairs"
+        f" {result['fold_pairs_s']} s, refresh {result['refresh_s']} s ({result['lists_refreshed']:,} lists,"
         f" {result['pending_lists_patched_share']} of pending lists patches); pending events p50"
         f" {result['pending_events_p50']}, max {result['pending_events_max']}"
     )

@@ -318,6 +318,13 @@ def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt
 @main.command("worker")
 @click.option("--idle", default=0.1, show_default=True, help="Seconds to wait when there is nothing to fold.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Fold events into derived state.")
+@click.option(
+    "--lanes",
+    type=click.IntRange(1, 2),
+    default=2,
+    show_default=True,
+    help="Folding sessions: 2 adds pairs and refreshes lists beside folding, on another core.",
+)
 @click.option("--embed/--no-embed", default=True, show_default=True, help="Keep item embeddings fresh.")
 @click.option(
     "--spaces",
@@ -325,7 +332,7 @@ def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt
     show_default=True,
     help="Embedding spaces this worker fills (comma-separated).",
 )
-def worker(idle: float, fold: bool, embed: bool, spaces: str) -> None:
+def worker(idle: float, fold: bool, lanes: int, embed: bool, spaces: str) -> None:
     """Keep derived state and embeddings fresh (Ctrl-C or SIGTERM stops cleanly).
 
     Run one or several: folding is serialised by an advisory lock, embedding work is shared
@@ -338,7 +345,18 @@ def worker(idle: float, fold: bool, embed: bool, spaces: str) -> None:
         raise click.UsageError("nothing to do: drop --no-fold or --no-embed")
     fold_log = logging.getLogger("recsql.worker")
     embed_log = logging.getLogger("recsql.embeddings")
-    folder = Folder(idle_s=idle, on_fold=lambda n, s: fold_log.info("folded %d events in %.3f s", n, s))
+    folder = Folder(
+        idle_s=idle,
+        lanes=lanes,
+        on_fold=lambda n, s: fold_log.info("folded %d events in %.3f s", n, s),
+        on_lists=lambda paired, lists, pair_s, list_s: fold_log.info(
+            "added the pairs of %d events in %.3f s, refreshed %d lists in %.3f s",
+            paired,
+            pair_s,
+            lists,
+            list_s,
+        ),
+    )
     embedder = Embedder(
         spaces=tuple(x.strip() for x in spaces.split(",") if x.strip()),
         on_batch=lambda space, n, s: embed_log.info("embedded %d %s items in %.2f s", n, space, s),

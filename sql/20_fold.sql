@@ -240,10 +240,13 @@ begin
         order by d.kind, d.item_a, d.item_b
         on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
 
+        -- Distinct by hashing (group by), not by sorting every delta twice (union).
         insert into recsql.neighbor_dirty as x (kind, item_key)
-        select d.kind, d.item_a from pg_temp.recsql_pair_delta d
-        union
-        select d.kind, d.item_b from pg_temp.recsql_pair_delta d
+        select u.kind, u.item_key
+        from (select d.kind, d.item_a as item_key from pg_temp.recsql_pair_delta d
+              union all
+              select d.kind, d.item_b from pg_temp.recsql_pair_delta d) u
+        group by 1, 2
         order by 1, 2
         on conflict (kind, item_key) do update set partners = null where x.partners is not null;
     else
@@ -388,6 +391,10 @@ language plpgsql as $$
 declare
     v_n bigint;
 begin
+    -- Nothing queued: return without the lock, which would wait for refreshers to finish.
+    if not exists (select 1 from recsql.pair_queue) then
+        return 0;
+    end if;
     perform pg_advisory_xact_lock(recsql._pairs_lock_key());
     v_n := recsql._drain_pair_queue();
     if v_n > 0 then
@@ -777,21 +784,28 @@ begin
     using pg_temp.recsql_refresh r
     where l.kind = r.kind and l.item_key = r.item_key;
 
+    -- Each item's pairs gathered by hashing, then its best v_len sorted apart: many small sorts
+    -- instead of one sort of every scored pair (a bulk refresh scores millions). Ranked as stored
+    -- (real), so that a patched list orders ties as a recomputed one.
     insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together, users)
-    select x.kind, x.item_a,
-           array_agg(x.item_b order by x.rank),
-           array_agg(x.score::real order by x.rank),
-           array_agg(x.n order by x.rank),
-           r.users
+    select g.kind, g.item_a, top.neighbors, top.scores, top.together, r.users
     from (
-        select s.kind, s.item_a, s.item_b, s.n, s.score,
-               -- Ranked as stored (real), so that a patched list orders ties as a recomputed one.
-               row_number() over (partition by s.kind, s.item_a order by s.score::real desc, s.item_b) as rank
+        select s.kind, s.item_a, array_agg(s.item_b) as bs, array_agg(s.score::real) as ss, array_agg(s.n) as ns
         from pg_temp.recsql_refresh_scored s
-    ) x
-    join pg_temp.recsql_refresh r on r.kind = x.kind and r.item_key = x.item_a
-    where x.rank <= v_len
-    group by x.kind, x.item_a, r.users;
+        group by s.kind, s.item_a
+    ) g
+    join pg_temp.recsql_refresh r on r.kind = g.kind and r.item_key = g.item_a
+    cross join lateral (
+        select array_agg(c.b order by c.s desc, c.b) as neighbors,
+               array_agg(c.s order by c.s desc, c.b) as scores,
+               array_agg(c.n order by c.s desc, c.b) as together
+        from (
+            select u.b, u.s, u.n
+            from unnest(g.bs, g.ss, g.ns) as u(b, s, n)
+            order by u.s desc, u.b
+            limit v_len
+        ) c
+    ) top;
 
     if v_nestloop is not null then
         perform set_config('enable_nestloop', v_nestloop, true);
@@ -825,9 +839,11 @@ create function recsql.mark_all_neighbors() returns bigint
 language sql as $$
     with marked as (
         insert into recsql.neighbor_dirty as d (kind, item_key)
-        select p.kind, p.item_a from recsql.item_pairs p
-        union
-        select p.kind, p.item_b from recsql.item_pairs p
+        select u.kind, u.item_key
+        from (select p.kind, p.item_a as item_key from recsql.item_pairs p
+              union all
+              select p.kind, p.item_b from recsql.item_pairs p) u
+        group by 1, 2
         on conflict (kind, item_key) do update set partners = null where d.partners is not null
         returning 1
     )

@@ -130,8 +130,11 @@ language sql stable as $$
         select n.item_key
         from (select i.item_key, i.hidden_at
               from recsql.items i
-              cross join s
-              where s.w > 0 and s.new_slots > 0 and i.created_at >= now() - s.new_window
+              -- Scalar subqueries: a gate evaluated once and a bound on the index scan. As a join
+              -- filter they were checked per item, which walked the whole catalog whenever fewer
+              -- than 200 items were new (or the places were switched off).
+              where (select s.w > 0 and s.new_slots > 0 from s)
+                and i.created_at >= now() - (select s.new_window from s)
               order by i.created_at desc
               limit 200) n
         where n.hidden_at is null

@@ -1,6 +1,8 @@
 -- 0008: the worker's two lanes. A fold may queue its pair counts (recsql.pair_queue) for
 -- recsql.fold_pairs(), run by a second session under a second lock, so that counting events and
--- adding pairs / refreshing lists use both cores. Frozen: never edit after release.
+-- adding pairs / refreshing lists use both cores; refreshers share that lock. Also: bulk list
+-- marking by hashing, lists ranked by small per-item sorts, and _rank's new-item places reading
+-- only new items. Frozen: never edit after release.
 
 create table recsql.pair_queue (
     events integer not null,
@@ -92,10 +94,13 @@ begin
         order by d.kind, d.item_a, d.item_b
         on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
 
+        -- Distinct by hashing (group by), not by sorting every delta twice (union).
         insert into recsql.neighbor_dirty as x (kind, item_key)
-        select d.kind, d.item_a from pg_temp.recsql_pair_delta d
-        union
-        select d.kind, d.item_b from pg_temp.recsql_pair_delta d
+        select u.kind, u.item_key
+        from (select d.kind, d.item_a as item_key from pg_temp.recsql_pair_delta d
+              union all
+              select d.kind, d.item_b from pg_temp.recsql_pair_delta d) u
+        group by 1, 2
         order by 1, 2
         on conflict (kind, item_key) do update set partners = null where x.partners is not null;
     else
@@ -225,6 +230,10 @@ language plpgsql as $$
 declare
     v_n bigint;
 begin
+    -- Nothing queued: return without the lock, which would wait for refreshers to finish.
+    if not exists (select 1 from recsql.pair_queue) then
+        return 0;
+    end if;
     perform pg_advisory_xact_lock(recsql._pairs_lock_key());
     v_n := recsql._drain_pair_queue();
     if v_n > 0 then
@@ -451,21 +460,28 @@ begin
     using pg_temp.recsql_refresh r
     where l.kind = r.kind and l.item_key = r.item_key;
 
+    -- Each item's pairs gathered by hashing, then its best v_len sorted apart: many small sorts
+    -- instead of one sort of every scored pair (a bulk refresh scores millions). Ranked as stored
+    -- (real), so that a patched list orders ties as a recomputed one.
     insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together, users)
-    select x.kind, x.item_a,
-           array_agg(x.item_b order by x.rank),
-           array_agg(x.score::real order by x.rank),
-           array_agg(x.n order by x.rank),
-           r.users
+    select g.kind, g.item_a, top.neighbors, top.scores, top.together, r.users
     from (
-        select s.kind, s.item_a, s.item_b, s.n, s.score,
-               -- Ranked as stored (real), so that a patched list orders ties as a recomputed one.
-               row_number() over (partition by s.kind, s.item_a order by s.score::real desc, s.item_b) as rank
+        select s.kind, s.item_a, array_agg(s.item_b) as bs, array_agg(s.score::real) as ss, array_agg(s.n) as ns
         from pg_temp.recsql_refresh_scored s
-    ) x
-    join pg_temp.recsql_refresh r on r.kind = x.kind and r.item_key = x.item_a
-    where x.rank <= v_len
-    group by x.kind, x.item_a, r.users;
+        group by s.kind, s.item_a
+    ) g
+    join pg_temp.recsql_refresh r on r.kind = g.kind and r.item_key = g.item_a
+    cross join lateral (
+        select array_agg(c.b order by c.s desc, c.b) as neighbors,
+               array_agg(c.s order by c.s desc, c.b) as scores,
+               array_agg(c.n order by c.s desc, c.b) as together
+        from (
+            select u.b, u.s, u.n
+            from unnest(g.bs, g.ss, g.ns) as u(b, s, n)
+            order by u.s desc, u.b
+            limit v_len
+        ) c
+    ) top;
 
     if v_nestloop is not null then
         perform set_config('enable_nestloop', v_nestloop, true);
@@ -477,6 +493,24 @@ $$;
 
 comment on function recsql.refresh_neighbors(integer) is
     'Patches or recomputes the neighbour lists of up to max_items changed items (all when null); returns how many';
+
+create or replace function recsql.mark_all_neighbors() returns bigint
+language sql as $$
+    with marked as (
+        insert into recsql.neighbor_dirty as d (kind, item_key)
+        select u.kind, u.item_key
+        from (select p.kind, p.item_a as item_key from recsql.item_pairs p
+              union all
+              select p.kind, p.item_b from recsql.item_pairs p) u
+        group by 1, 2
+        on conflict (kind, item_key) do update set partners = null where d.partners is not null
+        returning 1
+    )
+    select count(*) from marked
+$$;
+
+comment on function recsql.mark_all_neighbors() is
+    'Marks every item with pairs for a whole neighbour-list recompute; returns how many were not marked so yet';
 
 create or replace function recsql.rebuild() returns bigint
 language plpgsql as $$
@@ -718,6 +752,128 @@ $$;
 comment on function recsql.fold(boolean) is
     'Folds committed events into the derived tables (not the neighbour lists; with defer_pairs, not the '
     'item pairs either: recsql.fold_pairs() adds those); returns the count';
+
+create or replace function recsql._rank(p_sources integer[], p_weights double precision[], p_excluded integer[], p_k integer,
+                             p_category text, p_in_stock_only boolean)
+returns table (item_id text, score double precision, reason text)
+language sql stable as $$
+    with s as (
+        select recsql._query_param('embedding_weight', embedding_weight::text)::double precision as w,
+               greatest(2 * p_k, 20) as pool,
+               least(p_k, recsql._query_param('new_item_slots', new_item_slots::text)::integer) as new_slots,
+               recsql._query_param('new_item_window', new_item_window::text)::interval as new_window,
+               recsql._query_param('new_item_min_similarity', new_item_min_similarity::text)::double precision
+                   as new_min_similarity
+        from recsql.settings
+    ), new_items as materialized (
+        -- Of the 200 newest items added within new_window, those nothing co-occurs with yet:
+        -- scored on their embeddings alone, they may take the last new_slots places of the list.
+        -- (Bounded first, filtered after: a catalog that adds many items stays one index range.)
+        select n.item_key
+        from (select i.item_key, i.hidden_at
+              from recsql.items i
+              -- Scalar subqueries: a gate evaluated once and a bound on the index scan. As a join
+              -- filter they were checked per item, which walked the whole catalog whenever fewer
+              -- than 200 items were new (or the places were switched off).
+              where (select s.w > 0 and s.new_slots > 0 from s)
+                and i.created_at >= now() - (select s.new_window from s)
+              order by i.created_at desc
+              limit 200) n
+        where n.hidden_at is null
+          and n.item_key <> all (p_excluded)
+          and not exists (select 1 from recsql.neighbor_lists l where l.kind = 'v' and l.item_key = n.item_key)
+    ), contributions as materialized (
+        select ps.item_key, ps.source_key, ps.contribution
+        from recsql._pair_scores('v', p_sources, p_weights) ps
+        where ps.item_key <> all (p_excluded)
+    ), cooc as materialized (
+        select c.item_key, sum(c.contribution) as score from contributions c group by c.item_key
+    ), emb as materialized (
+        select x.item_key, x.similarity
+        from s
+        cross join lateral recsql._embedding_scores(
+            p_sources, p_weights, s.pool,
+            array(select c.item_key from (select c.item_key from cooc c order by c.score desc, c.item_key
+                                          limit (select pool from s)) c
+                  union select n.item_key from new_items n)) x
+        where s.w > 0 and x.item_key <> all (p_excluded)
+    ), scored as (
+        select coalesce(c.item_key, e.item_key) as item_key,
+               case when not exists (select 1 from emb) then c.score
+                    else (1 - s.w) * coalesce(c.score / nullif((select max(score) from cooc), 0), 0)
+                         + s.w * coalesce(e.similarity, 0) end as score,
+               c.item_key is null as by_embedding
+        from cooc c
+        full join emb e on e.item_key = c.item_key
+        cross join s
+    ), fresh as materialized (
+        -- The new items closest to the user's taste, up to new_slots of them.
+        select e.item_key, e.similarity as score
+        from emb e
+        join new_items n on n.item_key = e.item_key
+        cross join s
+        where e.similarity >= s.new_min_similarity
+          and ((p_category is null and not p_in_stock_only)
+           or exists (select 1 from recsql.items i
+                      where i.item_key = e.item_key
+                        and (p_category is null or i.category = p_category)
+                        and (not p_in_stock_only or i.in_stock)))
+        order by e.similarity desc, e.item_key
+        limit (select new_slots from s)
+    ), personal as (
+        -- Rank on scores alone; the catalog is consulted only to filter, and for the k winners.
+        select sc.item_key, sc.score, sc.by_embedding
+        from scored sc
+        where sc.item_key not in (select h.item_key from recsql.items h where h.hidden_at is not null)
+          and ((p_category is null and not p_in_stock_only)
+           or exists (select 1 from recsql.items i
+                      where i.item_key = sc.item_key
+                        and (p_category is null or i.category = p_category)
+                        and (not p_in_stock_only or i.in_stock)))
+          and sc.item_key not in (select f.item_key from fresh f)
+        order by sc.score desc, sc.item_key
+        limit p_k - (select count(*) from fresh)
+    ), fill as (
+        select st.item_key, st.popularity
+        from recsql.item_stats st
+        join recsql.items i on i.item_key = st.item_key
+        where st.popularity > 0
+          and i.hidden_at is null
+          and (p_category is null or i.category = p_category)
+          and (not p_in_stock_only or i.in_stock)
+          and st.item_key <> all (p_excluded)
+          and st.item_key not in (select item_key from personal)
+          and st.item_key not in (select item_key from fresh)
+        order by st.popularity desc, st.item_key
+        limit p_k
+    )
+    select r.item_id, r.score, r.reason
+    from (
+        select i.item_id, p.score,
+               coalesce('similar to ' || src.item_id, 'matches your taste') as reason,
+               0 as grp, p.score as ord, p.item_key
+        from personal p
+        join recsql.items i on i.item_key = p.item_key
+        left join lateral (
+            select c.source_key from contributions c
+            where c.item_key = p.item_key
+            order by c.contribution desc, c.source_key
+            limit 1
+        ) top on true
+        left join recsql.items src on src.item_key = top.source_key
+        union all
+        select i.item_id, f.score, 'new, matches your taste', 0, '-infinity'::double precision, f.item_key
+        from fresh f join recsql.items i on i.item_key = f.item_key
+        union all
+        select i.item_id, 0::double precision, 'trending', 1, f.popularity::double precision, f.item_key
+        from fill f join recsql.items i on i.item_key = f.item_key
+    ) r
+    order by r.grp, r.ord desc, r.item_key
+    limit p_k
+$$;
+
+comment on function recsql._rank(integer[], double precision[], integer[], integer, text, boolean) is
+    'Shared ranking of recommend() and session_recommend(): co-occurrence blended with embeddings, then trending fill';
 
 create or replace view recsql.fold_status as
 select (select count(*) from recsql.event_inbox) as pending_statements,

@@ -235,6 +235,9 @@ def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
     dirty = conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"]
     assert dirty >= 12
 
+    # Queued pairs: adding them must wait for the refreshers.
+    conn.execute("SELECT * FROM recsql.track('u0', 'i5', 'view')")
+    conn.execute("SELECT recsql.fold(defer_pairs => true)")
     conn.execute("SET lock_timeout = '2s'")
     with psycopg.connect(db_url) as other:  # a transaction left open: its lists stay locked
         assert other.execute("SELECT recsql.refresh_neighbors(5)").fetchone()[0] == 5
@@ -247,8 +250,11 @@ def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
 
     query = "SELECT kind, item_key, neighbors, scores, together FROM recsql.neighbor_lists ORDER BY 1, 2"
     side_by_side = conn.execute(query).fetchall()
-    conn.execute("SELECT recsql.rebuild()")
-    assert conn.execute(query).fetchall() == side_by_side
+    with conn.transaction(force_rollback=True):  # every list again in one refresh, same pairs
+        conn.execute("SELECT recsql.mark_all_neighbors()")
+        conn.execute("SELECT recsql.refresh_neighbors()")
+        assert conn.execute(query).fetchall() == side_by_side
+    assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 1
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

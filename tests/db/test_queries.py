@@ -144,3 +144,34 @@ def test_folder_makes_new_pairs_visible_within_a_second(db_url, shop):
             time.sleep(0.01)
     finally:
         folder.stop()
+
+
+def _scans_of(plan: dict, index: str) -> list[dict]:
+    found = [plan] if plan.get("Index Name") == index else []
+    for child in plan.get("Plans", []):
+        found += _scans_of(child, index)
+    return found
+
+
+def test_recommend_reads_only_new_items_for_the_new_item_places(shop):
+    """The new-item places look at items created within new_item_window only: a catalog with no
+    new item (or the places switched off) costs one empty index range, not a walk of every item."""
+    shop.execute(
+        "INSERT INTO recsql.items (item_id, created_at)"
+        " SELECT 'old' || g, now() - interval '1 year' FROM generate_series(1, 500) g"
+    )
+    shop.execute("UPDATE recsql.items SET created_at = now() - interval '1 year'")
+    shop.execute("ANALYZE recsql.items")
+    sources = shop.execute(
+        "SELECT array_agg(item_key) AS k FROM recsql.items WHERE item_id IN ('phone', 'case')"
+    ).fetchone()["k"]
+    for slots in (1, 0):
+        shop.execute("SELECT set_config('recsql.new_item_slots', %s, false)", (str(slots),))
+        plan = shop.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM recsql._rank(%s, %s, '{}', 10, null, false)",
+            (sources, [1.0] * len(sources)),
+        ).fetchone()["QUERY PLAN"][0]["Plan"]
+        scans = _scans_of(plan, "items_created_idx")
+        assert scans, "the new-item places should read items_created_idx"
+        assert sum(s["Actual Rows"] for s in scans) == 0
+    assert ids(api.recommend(shop, "tech0", 3))  # and recommendations still come
