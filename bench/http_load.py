@@ -445,6 +445,9 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="Server port (0: a free one).")
     parser.add_argument(
+        "--worker-lanes", type=int, choices=(1, 2), default=2, help="recsql worker --lanes (default 2)."
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=120,
@@ -519,7 +522,13 @@ def main() -> None:
         meter = CpuMeter(url)
         meter.groups[serve.pid] = "server"
         if args.with_worker:
-            worker = stack.enter_context(process([str(BIN / "recsql"), "worker"], url, tmp / "worker.log"))
+            worker = stack.enter_context(
+                process(
+                    [str(BIN / "recsql"), "worker", "--lanes", str(args.worker_lanes)],
+                    url,
+                    tmp / "worker.log",
+                )
+            )
             meter.groups[worker.pid] = "worker"
             settled = settle(url, meter, args.settle_timeout)
             log(f"worker settled in {settled['waited_s']} s")
