@@ -106,19 +106,32 @@ class Folder(Loop):
         return int(row["n"]) if row else 0
 
     def run(self) -> None:
-        """Fold until stop() is called; reconnect after database errors."""
+        """Fold until stop() is called; reconnect after database errors.
+
+        Any other error in either lane stops both and is raised here: a lane must not die quietly
+        while the other goes on (pairs would queue up unseen).
+        """
         if self.lanes == 1:
             self._connected(self._one_lane)
             return
-        lists = threading.Thread(
-            target=self._connected, args=(self._list_lane,), name=f"{self.thread_name}-lists", daemon=True
-        )
+        failed: list[BaseException] = []
+
+        def list_lane() -> None:
+            try:
+                self._connected(self._list_lane)
+            except BaseException as exc:
+                failed.append(exc)
+                self._stop.set()
+
+        lists = threading.Thread(target=list_lane, name=f"{self.thread_name}-lists", daemon=True)
         lists.start()
         try:
             self._connected(self._fold_lane)
         finally:
             self._stop.set()
             lists.join(timeout=30)
+        if failed:
+            raise RuntimeError("the folder's list lane failed") from failed[0]
 
     def _connected(self, lane: Callable[[psycopg.Connection[Any]], None]) -> None:
         """Run ``lane`` on a connection of its own until stop(), reconnecting after errors."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import psycopg
+import pytest
 
+from recsql import api
 from recsql.worker import Folder
 from tests.db.helpers import assert_same_state, rebuilt_snapshot, snapshot
 
@@ -66,3 +69,19 @@ def test_sixteen_writers_no_deadlock_no_lost_update(db_url, conn):
     assert hot["n_events"] == hot["logged"] > total * 0.3
     assert folder.folded > 0
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
+def test_a_lane_that_fails_stops_the_folder(db_url, monkeypatch):
+    """An unexpected error in the list lane stops the fold lane too and surfaces from run(),
+    instead of leaving pairs to queue up behind a dead thread."""
+
+    def broken(conn):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(api, "fold_pairs", broken)
+    folder = Folder(db_url, idle_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="list lane failed") as info:
+        folder.run()
+    assert isinstance(info.value.__cause__, ValueError)
+    assert time.monotonic() - started < 10
