@@ -148,12 +148,15 @@ def flush(conn: Conn) -> int:
     return int(_rows(conn, "SELECT recsql.flush() AS n", {})[0]["n"])
 
 
-def fold(conn: Conn, *, defer_pairs: bool = False) -> int:
+def fold(conn: Conn, *, defer_pairs: bool = False, max_events: int | None = None) -> int:
     """Fold committed events into the derived tables (not the neighbour lists); return how many.
 
-    With ``defer_pairs`` their pair counts are queued for :func:`fold_pairs` (another session's job).
+    With ``defer_pairs`` their pair counts are queued for :func:`fold_pairs` (another session's job);
+    with ``max_events``, only about that many of the oldest.
     """
-    return int(_rows(conn, "SELECT recsql.fold(%(d)s) AS n", {"d": defer_pairs})[0]["n"])
+    return int(
+        _rows(conn, "SELECT recsql.fold(%(d)s, %(m)s) AS n", {"d": defer_pairs, "m": max_events})[0]["n"]
+    )
 
 
 def fold_pairs(conn: Conn) -> int:

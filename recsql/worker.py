@@ -54,7 +54,8 @@ class Folder(Loop):
     (``recsql.fold(defer_pairs => true)``), the list lane adds those pairs (``recsql.fold_pairs()``)
     and refreshes the lists. With ``lanes=1`` one session does both, one after the other.
 
-    Each round folds everything pending, then refreshes at most ``lists_per_round`` neighbour lists
+    Each round folds everything pending (the fold lane: at most ``fold_slice`` events, oldest first),
+    then refreshes at most ``lists_per_round`` neighbour lists
     (oldest change first), so a burst of events cannot starve folding. Spacing busy rounds lets a
     trickle of events be folded in batches instead of one fold per event, which keeps the
     folder from taking a whole core away from the writers; state lags by at most about one round.
@@ -71,6 +72,7 @@ class Folder(Loop):
         refresh_s: float = 1.0,
         backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
+        fold_slice: int = 100_000,
         lanes: int = 2,
         on_fold: Callable[[int, float], None] | None = None,
         on_lists: Callable[[int, int, float, float], None] | None = None,
@@ -84,6 +86,7 @@ class Folder(Loop):
         self.refresh_s = refresh_s
         self.backlog_refresh_s = backlog_refresh_s
         self.lists_per_round = lists_per_round
+        self.fold_slice = fold_slice
         self.lanes = lanes
         self.on_fold = on_fold
         self.on_lists = on_lists
@@ -163,7 +166,9 @@ class Folder(Loop):
             if self._maintenance_due(conn):
                 api.maintain(conn)
             started = time.perf_counter()
-            n = api.fold(conn, defer_pairs=True)
+            # A backlog is folded in slices, so that the list lane adds one slice's pairs while
+            # the next one folds (and the last slice's pairs are all that is left at the end).
+            n = api.fold(conn, defer_pairs=True, max_events=self.fold_slice)
             # Nothing to fold: help the list lane refresh lists (on disjoint lists, side by side),
             # unless it is adding pairs just now.
             refreshed = 0 if n else api.refresh_neighbors(conn, self.lists_per_round, wait=False)

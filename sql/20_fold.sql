@@ -475,16 +475,28 @@ comment on function recsql._apply_stats() is 'Adds the batch events to user_item
 -- Folds every committed event that no running transaction can precede; returns how many. With
 -- defer_pairs their pair counts are queued for recsql.fold_pairs() instead of added here, so that
 -- the worker adds them (and refreshes lists) in a second session, on another core; without, any
--- queued pairs are added too, so derived state is complete when it returns.
-create function recsql.fold(defer_pairs boolean default false) returns bigint
+-- queued pairs are added too, so derived state is complete when it returns. With max_events, only
+-- about that many of the oldest such events (a prefix of the replay order), so that a backlog is
+-- folded in slices whose pairs the other session adds while the next slice folds.
+create function recsql.fold(defer_pairs boolean default false, max_events bigint default null) returns bigint
 language plpgsql as $$
 declare
     v_horizon xid8;
+    v_folded_below xid8;
     v_n bigint;
     v_cooc_horizon timestamptz;
     v_deltas bigint;
     v_paired bigint := 0;
+    -- The inbox row where a slice of max_events ends (null: no cut).
+    v_cut_row tid;
+    v_cut_xid xid8;
+    v_cut_first bigint;
+    v_cut_last bigint;
+    v_cut_room bigint;
 begin
+    if max_events is not null and max_events < 1 then
+        raise exception 'max_events must be at least 1, got %', max_events using errcode = '22023';
+    end if;
     perform pg_advisory_xact_lock(recsql._fold_lock_key());
     if not defer_pairs then
         perform pg_advisory_xact_lock(recsql._pairs_lock_key());
@@ -492,17 +504,45 @@ begin
     -- Every transaction of this database older than the horizon has ended, so no event can still
     -- appear before the ones folded here in (xid, seq) order.
     v_horizon := recsql._fold_horizon();
+    v_folded_below := v_horizon;
     v_n := 0;
     -- An idle poll stops here: no scratch-table truncation (catalog churn) every 100 ms.
     if exists (select 1 from recsql.event_inbox q where q.xid < v_horizon) then
         perform recsql._batch_reset();
+        if max_events is not null then
+            -- The inbox row where the slice ends: rows before it are taken whole, its first seqs
+            -- (up to the events still allowed) are taken and the rest stays queued.
+            select q.row_id, q.xid, q.first_seq, q.last_seq, max_events - (q.upto - q.n)
+            into v_cut_row, v_cut_xid, v_cut_first, v_cut_last, v_cut_room
+            from (select q.ctid as row_id, q.xid, q.first_seq, q.last_seq, q.n,
+                         sum(q.n) over (order by q.xid, q.first_seq) as upto
+                  from recsql.event_inbox q
+                  where q.xid < v_horizon) q
+            where q.upto > max_events
+            order by q.xid, q.first_seq
+            limit 1;
+            if found then
+                -- Not all of the cut row's transaction is folded now: the stored horizon must not
+                -- claim it.
+                v_folded_below := v_cut_xid;
+            end if;
+        end if;
         with taken as (
-            delete from recsql.event_inbox q where q.xid < v_horizon
+            delete from recsql.event_inbox q
+            where q.xid < v_horizon
+              and (v_cut_row is null or (q.xid, q.first_seq) < (v_cut_xid, v_cut_first))
             returning q.xid, q.first_seq, q.last_seq
+        ), sliced as (
+            select t.xid, t.first_seq, t.last_seq from taken t
+            union all
+            -- A seq range holds at most that many of the row's events (seqs of other
+            -- transactions and skipped duplicates may sit in between).
+            select v_cut_xid, v_cut_first, least(v_cut_last, v_cut_first + v_cut_room - 1)
+            where v_cut_room > 0
         )
         insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
         select e.user_id, e.item_id, i.item_key, e.event_type, e.value, e.ts, e.xid, e.seq
-        from taken q
+        from sliced q
         -- One primary-key range scan per inbox row; OFFSET 0 keeps the planner, misled by the inbox's
         -- always-stale statistics, from turning this into a scan of every event.
         cross join lateral (
@@ -513,6 +553,17 @@ begin
         ) e
         left join recsql.items i on i.item_id = e.item_id;
         get diagnostics v_n = row_count;
+        if v_cut_room > 0 then
+            -- What is left of the cut row: the seqs after the slice, and the events among them.
+            update recsql.event_inbox q
+            set first_seq = v_cut_first + v_cut_room,
+                n = q.n - (select count(*) from pg_temp.recsql_batch b
+                           where b.xid = v_cut_xid and b.seq between v_cut_first and v_cut_first + v_cut_room - 1)
+            where q.ctid = v_cut_row;
+            delete from recsql.event_inbox q
+            where q.xid = v_cut_xid and q.first_seq = v_cut_first + v_cut_room
+              and (q.first_seq > q.last_seq or q.n <= 0);
+        end if;
     end if;
     if v_n > 0 then
         perform recsql._batch_resolve_items();
@@ -546,7 +597,7 @@ begin
 
     -- An idle poll writes nothing, except a heartbeat every few seconds for fold_status.
     update recsql.fold_state
-    set horizon = greatest(horizon, v_horizon),
+    set horizon = greatest(horizon, v_folded_below),
         folded_events = folded_events + v_n,
         last_fold_at = now()
     where v_n > 0 or last_fold_at is null or last_fold_at < now() - interval '5 seconds';
@@ -560,9 +611,9 @@ begin
 end
 $$;
 
-comment on function recsql.fold(boolean) is
-    'Folds committed events into the derived tables (not the neighbour lists; with defer_pairs, not the '
-    'item pairs either: recsql.fold_pairs() adds those); returns the count';
+comment on function recsql.fold(boolean, bigint) is
+    'Folds committed events (at most about max_events, oldest first) into the derived tables (not the '
+    'neighbour lists; with defer_pairs, not the item pairs either: recsql.fold_pairs() adds those); returns the count';
 
 -- Similarity of a pair from its count and the two items' user counts.
 create function recsql._pair_score(p_n integer, p_users_a integer, p_users_b integer, p_similarity text)

@@ -7,7 +7,7 @@ declare
 begin
     for v_schema in select schema_name from recsql.model_states order by model loop
         execute format('select %I.fold()', v_schema);
-        execute format('drop function %I.fold(boolean)', v_schema);
+        execute format('drop function %I.fold(boolean, bigint)', v_schema);
         execute format('drop function %I.fold_pairs(), %I._drain_pair_queue(), %I._merge_pair_delta(integer, bigint),'
                        ' %I._pair_delta(integer, timestamptz, timestamptz), %I._pairs_lock_key()',
                        v_schema, v_schema, v_schema, v_schema, v_schema);
@@ -16,7 +16,7 @@ begin
 end
 $$;
 
-drop function recsql.fold(boolean);
+drop function recsql.fold(boolean, bigint);
 
 create function recsql.fold() returns bigint
 language plpgsql as $$

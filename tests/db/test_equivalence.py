@@ -34,6 +34,9 @@ step = st.one_of(
     # The worker's two lanes: folds that queue their pairs, and the drain that adds them.
     st.tuples(st.just("defer"), st.just([])),
     st.tuples(st.just("pairs"), st.just([])),
+    # Slices of a backlog: a prefix of the replay order, cut inside a statement too.
+    st.tuples(st.just("slice1"), st.just([])),
+    st.tuples(st.just("slice3"), st.just([])),
 )
 
 
@@ -56,6 +59,10 @@ def apply_step(conn: psycopg.Connection[Any], kind: str, events: list[dict[str, 
         conn.execute("SELECT recsql.fold(defer_pairs => true)")
     elif kind == "pairs":
         conn.execute("SELECT recsql.fold_pairs(), recsql.refresh_neighbors(2)")
+    elif kind == "slice1":
+        conn.execute("SELECT recsql.fold(max_events => 1)")
+    elif kind == "slice3":
+        conn.execute("SELECT recsql.fold(defer_pairs => true, max_events => 3)")
     elif kind == "insert":
         # One multi-row statement.
         with conn.cursor() as cur:
@@ -143,6 +150,32 @@ def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
     conn.execute("SELECT recsql.forget_user('u1')")
     assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 0
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
+def test_a_backlog_folds_in_slices_of_max_events(conn):
+    """fold(max_events) folds the oldest events first, cutting inside a statement if need be, and
+    never claims (fold_state.horizon) a transaction it has not folded whole."""
+    conn.execute("UPDATE recsql.settings SET cooc_window = 3")
+    rows = [(f"u{i % 3}", f"i{i % 5}", "view") for i in range(10)]
+    with conn.cursor() as cur, cur.copy("COPY recsql.events (user_id, item_id, event_type) FROM STDIN") as cp:
+        for r in rows:
+            cp.write_row(r)
+    conn.execute("SELECT * FROM recsql.track('u9', 'i1', 'view')")  # a later transaction
+    copy_xid = conn.execute("SELECT min(xid)::text AS x FROM recsql.events").fetchone()["x"]
+    folded, pending = [], []
+    while n := conn.execute("SELECT recsql.fold(max_events => 3) AS n").fetchone()["n"]:
+        folded.append(n)
+        status = conn.execute("SELECT pending_events FROM recsql.fold_status").fetchone()
+        pending.append(status["pending_events"])
+        horizon = conn.execute("SELECT horizon::text AS h FROM recsql.fold_state").fetchone()["h"]
+        if sum(folded) < 10:
+            assert int(horizon) <= int(copy_xid)  # the COPY is not folded whole yet
+    assert folded == [3, 3, 3, 2]  # the last slice: the COPY's tenth event and the track call
+    assert pending == [8, 5, 2, 0]
+    assert conn.execute("SELECT count(*) AS n FROM recsql.event_inbox").fetchone()["n"] == 0
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="max_events must be at least 1"):
+        conn.execute("SELECT recsql.fold(max_events => 0)")
 
 
 def test_fold_boundaries_do_not_change_pairs(conn):
