@@ -104,7 +104,8 @@ class Folder(Loop):
 
     @staticmethod
     def _events_pending(conn: psycopg.Connection[Any]) -> int:
-        """Events committed and not folded yet (the inbox is a few rows: cheap to sum)."""
+        """Events committed and not folded yet: fold_status.pending_events alone (the inbox is a few
+        rows), without the view's count of pending lists, which a busy round need not pay for."""
         row = conn.execute("SELECT coalesce(sum(n), 0) AS n FROM recsql.event_inbox").fetchone()
         return int(row["n"]) if row else 0
 

@@ -174,8 +174,8 @@ comment on function recsql._batch_add_context() is
     'Loads each batch user''s previous window events so pairs formed across fold boundaries are counted';
 
 -- The pair formations of the batch's non-context events whose ts lies in [p_from, p_to), as count
--- deltas (times p_sign: 1 adds, -1 removes) in pg_temp.recsql_pair_delta; returns how many rows. kind v: pair-forming events, window cooc_window; kind p:
--- conversions, window purchase_window. An event forms a pair with each distinct item among the
+-- deltas (times p_sign: 1 adds, -1 removes) in pg_temp.recsql_pair_delta; returns how many rows.
+-- kind v: pair-forming events, window cooc_window; kind p: conversions, window purchase_window. An event forms a pair with each distinct item among the
 -- user's previous N events of that kind, unless its own item is among them (no inflation by repeats).
 create function recsql._pair_delta(p_sign integer, p_from timestamptz, p_to timestamptz) returns bigint
 language plpgsql as $$
