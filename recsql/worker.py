@@ -18,6 +18,11 @@ log = logging.getLogger("recsql.worker")
 MAINTAIN_EVERY_S = 3600.0
 # Events waiting for the fold lane beyond which the list lane treats itself as behind a backlog.
 BACKLOG_EVENTS = 10_000
+# The fold lane's slices of a backlog are never smaller than this (see Folder._slice).
+MIN_SLICE = 20_000
+# Refresh rounds grow up to this many times lists_per_round while many lists are due (see
+# Folder._lists_round).
+BULK_ROUNDS = 4
 
 
 class Loop:
@@ -54,9 +59,9 @@ class Folder(Loop):
     (``recsql.fold(defer_pairs => true)``), the list lane adds those pairs (``recsql.fold_pairs()``)
     and refreshes the lists. With ``lanes=1`` one session does both, one after the other.
 
-    Each round folds everything pending (the fold lane: at most ``fold_slice`` events, oldest first),
-    then refreshes at most ``lists_per_round`` neighbour lists
-    (oldest change first), so a burst of events cannot starve folding. Spacing busy rounds lets a
+    Each round folds everything pending (the fold lane: a slice of a backlog, at most ``fold_slice``
+    events, oldest first), then refreshes ``lists_per_round`` neighbour lists (oldest change first;
+    bigger rounds while many are due), so a burst of events cannot starve folding. Spacing busy rounds lets a
     trickle of events be folded in batches instead of one fold per event, which keeps the
     folder from taking a whole core away from the writers; state lags by at most about one round.
     """
@@ -161,18 +166,43 @@ class Folder(Loop):
         pause = self.round_s if busy else self.idle_s
         self._stop.wait(max(0.0, pause - (time.perf_counter() - started)))
 
+    def _slice(self, pending: int) -> int:
+        """How many of ``pending`` events the fold lane folds this round.
+
+        A backlog is folded in slices, so that the list lane adds one slice's pairs while the next
+        one folds. While a backlog drains, each slice is half of what is left (at most fold_slice):
+        the last slices are small, so little is left for the list lane alone once folding ends.
+        A backlog under twice MIN_SLICE is folded whole.
+        """
+        half = pending // 2
+        return self.fold_slice if half < MIN_SLICE else min(self.fold_slice, half)
+
+    def _lists_round(self, conn: psycopg.Connection[Any], caught_up: bool) -> int:
+        """How many lists one refresh round takes: lists_per_round; once the lanes have caught up
+        (no events or pairs waiting) and more than twice that many lists are due (the end of a
+        bulk of events, a settings change), half of them, up to BULK_ROUNDS times lists_per_round.
+        Past 10,000 lists a round recomputes them in one pass over the pairs (see
+        recsql.refresh_neighbors), at about half the cost per list of patching them few at a time.
+        Not before: behind a backlog, most lists refreshed would be marked again by the next pairs.
+        """
+        if not caught_up:
+            return self.lists_per_round
+        row = conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()
+        pending = int(row["n"]) if row else 0
+        if pending <= 2 * self.lists_per_round:
+            return self.lists_per_round
+        return min(pending // 2, BULK_ROUNDS * self.lists_per_round)
+
     def _fold_lane(self, conn: psycopg.Connection[Any]) -> None:
         """Events into counts and statistics; their pairs are queued for the list lane."""
         while not self._stop.is_set():
             if self._maintenance_due(conn):
                 api.maintain(conn)
             started = time.perf_counter()
-            # A backlog is folded in slices, so that the list lane adds one slice's pairs while
-            # the next one folds (and the last slice's pairs are all that is left at the end).
-            n = api.fold(conn, defer_pairs=True, max_events=self.fold_slice)
+            n = api.fold(conn, defer_pairs=True, max_events=self._slice(self._events_pending(conn)))
             # Nothing to fold: help the list lane refresh lists (on disjoint lists, side by side),
-            # unless it is adding pairs just now.
-            refreshed = 0 if n else api.refresh_neighbors(conn, self.lists_per_round, wait=False)
+            # unless it is adding pairs, or has pairs to add (a refresh would hold them up).
+            refreshed = 0 if n else api.refresh_neighbors(conn, self._lists_round(conn, True), wait=False)
             # Shadow states of candidate models fold the same events after the active one.
             shadow = api.fold_states(conn, self.lists_per_round)
             self._folded(n, started)
@@ -197,7 +227,7 @@ class Folder(Loop):
             if started - last_refresh >= (self.backlog_refresh_s if backlog else self.refresh_s) or (
                 paired == 0 and not backlog
             ):
-                refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                refreshed = api.refresh_neighbors(conn, self._lists_round(conn, paired == 0 and not backlog))
                 last_refresh = started
             if (paired or refreshed) and self.on_lists is not None:
                 self.on_lists(paired, refreshed, paired_at - started, time.perf_counter() - paired_at)
@@ -214,7 +244,7 @@ class Folder(Loop):
             folded_at = time.perf_counter()
             refreshed = 0
             if n == 0 or started - last_refresh >= self.refresh_s:
-                refreshed = api.refresh_neighbors(conn, self.lists_per_round)
+                refreshed = api.refresh_neighbors(conn, self._lists_round(conn, n == 0))
                 last_refresh = started
             if refreshed and self.on_lists is not None:
                 self.on_lists(0, refreshed, 0.0, time.perf_counter() - folded_at)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recsql import api
 from tests.db.helpers import assert_same_state, rebuilt_snapshot, reset, snapshot
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -271,6 +272,8 @@ def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
     # Queued pairs: adding them must wait for the refreshers.
     conn.execute("SELECT * FROM recsql.track('u0', 'i5', 'view')")
     conn.execute("SELECT recsql.fold(defer_pairs => true)")
+    # The fold lane's helping hand stands aside while pairs wait to be added.
+    assert api.refresh_neighbors(conn, 5, wait=False) == 0
     conn.execute("SET lock_timeout = '2s'")
     with psycopg.connect(db_url) as other:  # a transaction left open: its lists stay locked
         assert other.execute("SELECT recsql.refresh_neighbors(5)").fetchone()[0] == 5
@@ -288,6 +291,7 @@ def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
         conn.execute("SELECT recsql.refresh_neighbors()")
         assert conn.execute(query).fetchall() == side_by_side
     assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 1
+    assert api.refresh_neighbors(conn, wait=False) > 0  # the lists the added pairs changed
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
