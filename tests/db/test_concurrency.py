@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from recsql import api
+from recsql import api, worker
 from recsql.worker import Folder
 from tests.db.helpers import assert_same_state, rebuilt_snapshot, snapshot
 
@@ -85,3 +85,47 @@ def test_a_lane_that_fails_stops_the_folder(db_url, monkeypatch):
         folder.run()
     assert isinstance(info.value.__cause__, ValueError)
     assert time.monotonic() - started < 10
+
+
+def test_two_lanes_work_off_a_backlog_in_shrinking_slices(db_url, conn, monkeypatch):
+    """A backlog (a bulk COPY) is folded in slices that halve as it drains; the lanes end with every
+    event folded, every pair added and every list refreshed, in rounds that grow once caught up,
+    and the derived state equals a rebuild's."""
+    monkeypatch.setattr(worker, "MIN_SLICE", 100)
+    api.maintain(conn)  # else the folder's first round would, and its flush() fold the backlog at once
+    rng = random.Random(7)
+    rows = [
+        (f"u{rng.randint(0, 60)}", f"i{int(200 * rng.random() ** 2)}", rng.choice(TYPES)) for _ in range(2000)
+    ]
+    with conn.cursor().copy("COPY recsql.events (user_id, item_id, event_type) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+    slices: list[int] = []
+    rounds: list[int] = []
+    folder = Folder(
+        db_url,
+        idle_s=0.01,
+        round_s=0.01,
+        fold_slice=500,
+        lists_per_round=10,
+        on_fold=lambda n, _s: slices.append(n),
+        on_lists=lambda _paired, refreshed, _p, _r: rounds.append(refreshed),
+    )
+    folder.start_thread()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = conn.execute(
+            "SELECT folded_events, pending_events, pending_pair_events, pending_lists FROM recsql.fold_status"
+        ).fetchone()
+        if status["folded_events"] == 2000 and not any(
+            (status["pending_events"], status["pending_pair_events"], status["pending_lists"])
+        ):
+            break
+        time.sleep(0.05)
+    folder.stop()
+    assert status["folded_events"] == 2000, status
+    assert sum(slices) == 2000
+    # 500, 500, 500, then half of what is left (250, 125), then the last 125 whole.
+    assert slices == [500, 500, 500, 250, 125, 125]
+    assert max(rounds) > 10  # refresh rounds grew once the lanes had caught up
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
