@@ -170,16 +170,8 @@ def refresh_neighbors(conn: Conn, max_items: int | None = None, *, wait: bool = 
     With ``wait=False`` it returns 0 at once while pairs are queued or being added (the pairs lock
     is taken): a refresh then would only hold up their adding and redo lists they change.
     """
-    if wait:
-        return int(_rows(conn, "SELECT recsql.refresh_neighbors(%(m)s) AS n", {"m": max_items})[0]["n"])
     return int(
-        _rows(
-            conn,
-            "SELECT CASE WHEN EXISTS (SELECT FROM recsql.pair_queue) THEN 0"
-            " WHEN pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key())"
-            " THEN recsql.refresh_neighbors(%(m)s) ELSE 0 END AS n",
-            {"m": max_items},
-        )[0]["n"]
+        _rows(conn, "SELECT recsql.refresh_neighbors(%(m)s, %(w)s) AS n", {"m": max_items, "w": wait})[0]["n"]
     )
 
 

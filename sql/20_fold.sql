@@ -631,7 +631,10 @@ comment on function recsql._pair_score(integer, integer, integer, text) is
 
 -- Brings the neighbour lists of items whose pairs changed up to date, oldest change first: patched
 -- with the partners whose counts went up where that is all that changed, recomputed whole otherwise.
-create function recsql.refresh_neighbors(max_items integer default null) returns integer
+-- Without wait it returns 0 at once while pairs are queued or being added: a helper (the worker's
+-- fold lane when idle) would only hold up their adding and refresh lists they change again.
+create function recsql.refresh_neighbors(max_items integer default null, wait boolean default true)
+returns integer
 language plpgsql as $$
 declare
     v_settings recsql.settings;
@@ -644,7 +647,12 @@ declare
 begin
     -- Shared: refreshers run side by side on disjoint lists (picked with skip locked below), while
     -- whoever changes pairs or marks lists holds the lock exclusively.
-    perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
+    if wait then
+        perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
+    elsif exists (select 1 from recsql.pair_queue)
+          or not pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key()) then
+        return 0;
+    end if;
     if not exists (select 1 from recsql.neighbor_dirty) then
         return 0;  -- idle: leave the scratch tables alone
     end if;
@@ -866,8 +874,9 @@ begin
 end
 $$;
 
-comment on function recsql.refresh_neighbors(integer) is
-    'Patches or recomputes the neighbour lists of up to max_items changed items (all when null); returns how many';
+comment on function recsql.refresh_neighbors(integer, boolean) is
+    'Patches or recomputes the neighbour lists of up to max_items changed items (all when null); returns how '
+    'many; without wait, 0 at once while pairs are queued or being added';
 
 -- Makes every committed event visible to every query function now.
 create function recsql.flush() returns bigint

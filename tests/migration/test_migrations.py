@@ -79,3 +79,47 @@ def test_downgrade_to_base_and_up_again(server_url):
         assert migrate.current(url) == migrate.head()
     finally:
         drop_database(server_url, name)
+
+
+STATE_FUNCTIONS = """
+    SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc)
+    FROM pg_proc p WHERE p.pronamespace = %s::regnamespace ORDER BY 1, 2"""
+
+
+def _state_copies_are_current(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The state's functions are one copy each of what the main schema's would make them now."""
+    migrated = conn.execute(STATE_FUNCTIONS, (schema,)).fetchall()
+    names = [row[0] for row in migrated]
+    assert len(names) == len(set(names)), "an old signature was left beside the new one"
+    conn.execute("SELECT recsql._copy_state_functions(%s)", (schema,))
+    assert conn.execute(STATE_FUNCTIONS, (schema,)).fetchall() == migrated
+    conn.execute("SELECT recsql.fold_states()")  # and they run
+
+
+def test_a_live_model_state_follows_the_last_migration_up_and_down(server_url):
+    """A model state built before the last revision gets that revision's function copies, and
+    gives them back on downgrade."""
+    name = f"recsql_mig_{uuid.uuid4().hex[:8]}"
+    url = create_database(server_url, name)
+    try:
+        migrate.upgrade(url)
+        migrate.downgrade(url, "-1")
+        with psycopg.connect(url, autocommit=True) as conn:
+            for k in range(60):
+                conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (f"u{k % 7}", f"i{k % 11}"))
+            conn.execute("SELECT recsql.flush()")
+            conn.execute(
+                "INSERT INTO recsql.models (name, params) VALUES ('wide', recsql.check_params('{\"cooc_window\": 30}'))"
+            )
+            conn.execute("CALL recsql.build_model_state('wide')")
+            schema = conn.execute(
+                "SELECT schema_name FROM recsql.model_states WHERE model = 'wide'"
+            ).fetchone()[0]
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            _state_copies_are_current(conn, schema)
+        migrate.downgrade(url, "-1")
+        with psycopg.connect(url, autocommit=True) as conn:
+            _state_copies_are_current(conn, schema)
+    finally:
+        drop_database(server_url, name)
