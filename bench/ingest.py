@@ -77,14 +77,19 @@ def timed_copy(conn: Conn, table: sql.Identifier, payload: bytes) -> float:
     return time.perf_counter() - started
 
 
+def create_raw_table(conn: Conn) -> None:
+    """The raw COPY's target: a copy of recsql.events with its indexes and checks, no triggers."""
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCRATCH)))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE recsql.events INCLUDING ALL)").format(RAW))
+
+
 def bulk_load(conn: Conn, chunks: list[bytes], n_events: int) -> dict[str, Any]:
     """Interleave raw COPY, COPY into recsql.events and fold per chunk, so both see the same machine.
 
     Neighbour lists are refreshed once after the last chunk, as `recsql import` and a busy worker
     do for a bulk load: refreshing every list after every chunk would redo the same lists ten times.
     """
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCRATCH)))
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE recsql.events INCLUDING ALL)").format(RAW))
+    create_raw_table(conn)
     raw_s = copy_s = fold_s = refresh_s = 0.0
     per_chunk = []
     done = 0
@@ -199,8 +204,7 @@ def streaming_load(
     try:
         with db.connection(url) as conn:
             load.upsert_items(conn, shop)
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCRATCH)))
-            conn.execute(sql.SQL("CREATE TABLE {} (LIKE recsql.events INCLUDING ALL)").format(RAW))
+            create_raw_table(conn)
             raw_s = sum(timed_copy(conn, RAW, payload) for payload in chunks)
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCRATCH)))
             conn.execute("CHECKPOINT")  # the raw load's dirty pages are not the streaming run's to write
