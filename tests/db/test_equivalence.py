@@ -203,6 +203,69 @@ def test_fold_boundaries_do_not_change_pairs(conn):
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
 
 
+def _reference_pairs(
+    stream: list[tuple[str, str, str]], kinds: dict[str, tuple[bool, bool]], window: int, purchase_window: int
+) -> dict[tuple[str, str, str], int]:
+    """Pair counts by the definition, in Python: in arrival order, each event pairs once with every
+    distinct item among the user's previous ``window`` pair-forming events (kind v; conversions and
+    ``purchase_window`` for kind p), unless its own item is among them."""
+    counts: dict[tuple[str, str, str], int] = {}
+    history: dict[tuple[str, str], list[str]] = {}
+    for user, item, event_type in stream:
+        forms, converts = kinds[event_type]
+        for kind, member, size in (("v", forms, window), ("p", converts, purchase_window)):
+            if not member:
+                continue
+            seen = history.setdefault((kind, user), [])
+            recent = seen[-size:]
+            if item not in recent:
+                for other in set(recent):
+                    key = (kind, min(item, other), max(item, other))
+                    counts[key] = counts.get(key, 0) + 1
+            seen.append(item)
+    return counts
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stream=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2"]),
+            # Few items, so that windows often hold the same item more than once.
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.sampled_from(["view", "view", "click", "add_to_cart", "purchase", "purchase"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    window=st.integers(min_value=1, max_value=5),
+    purchase_window=st.integers(min_value=1, max_value=4),
+    cut=st.integers(min_value=1, max_value=30),
+)
+def test_pairs_match_the_definition_with_repeats_in_the_window(conn, stream, window, purchase_window, cut):
+    """Pair counts checked against an independent model of the definition, not only against a rebuild
+    (which shares the SQL that forms pairs); folded in two parts, so windows span a fold boundary."""
+    reset(conn)
+    conn.execute(
+        "UPDATE recsql.settings SET cooc_window = %s, purchase_window = %s", (window, purchase_window)
+    )
+    kinds = {
+        r["name"]: (r["forms_pairs"], r["is_conversion"])
+        for r in conn.execute("SELECT name, forms_pairs, is_conversion FROM recsql.event_types")
+    }
+    for k, (user, item, event_type) in enumerate(stream):
+        conn.execute("SELECT * FROM recsql.track(%s, %s, %s)", (user, item, event_type))
+        if k + 1 == cut:
+            conn.execute("SELECT recsql.fold(defer_pairs => true)")
+    conn.execute("SELECT recsql.flush()")
+    rows = conn.execute(
+        "SELECT p.kind, a.item_id AS a, b.item_id AS b, p.n FROM recsql.item_pairs p"
+        " JOIN recsql.items a ON a.item_key = p.item_a JOIN recsql.items b ON b.item_key = p.item_b"
+    ).fetchall()
+    stored = {(r["kind"], min(r["a"], r["b"]), max(r["a"], r["b"])): r["n"] for r in rows}
+    assert stored == _reference_pairs(stream, kinds, window, purchase_window)
+
+
 def test_repeated_views_do_not_inflate_pairs(conn):
     for _ in range(50):
         conn.execute("SELECT * FROM recsql.track('u1', 'a', 'view')")

@@ -1,0 +1,149 @@
+-- 0010: a cheaper fold. Pair formations drop an item's earlier copies in the window with an
+-- array check instead of a distinct over every formation; the batch is sorted and partitioned by
+-- user id bytes (collate "C"); the per-fold analyze of the batch samples 3,000 rows. Live model
+-- states get their copies. Frozen: never edit after release.
+create or replace function recsql._batch_reset() returns void
+language plpgsql as $$
+begin
+    if to_regclass('pg_temp.recsql_batch') is null then
+        create temp table recsql_batch (
+            user_id text not null,
+            item_id text not null,
+            item_key integer,
+            event_type text not null,
+            value double precision,
+            ts timestamptz not null,
+            xid xid8 not null,
+            seq bigint not null,
+            ctx boolean not null default false
+        ) on commit delete rows;
+        -- Analyzed every fold (see _batch_resolve_items) for row counts and distinct users: a sample
+        -- of 3,000 rows tells the planner that, at a seventh of the default sample's cost.
+        alter table recsql_batch
+            alter user_id set statistics 10, alter item_id set statistics 10, alter item_key set statistics 10,
+            alter event_type set statistics 10, alter value set statistics 10, alter ts set statistics 10,
+            alter xid set statistics 10, alter seq set statistics 10, alter ctx set statistics 10;
+        create temp table recsql_pair_delta (
+            kind "char" not null,
+            item_a integer not null,
+            item_b integer not null,
+            n integer not null
+        ) on commit delete rows;
+        create temp table recsql_new_users (
+            item_key integer not null,
+            n integer not null
+        ) on commit delete rows;
+    else
+        truncate pg_temp.recsql_batch, pg_temp.recsql_pair_delta, pg_temp.recsql_new_users;
+    end if;
+end
+$$;
+
+create or replace function recsql._batch_add_context() returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+
+    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq, ctx)
+    with firsts as (
+        -- Grouped by user id bytes (collate "C"): the same groups as any deterministic collation, at
+        -- the cost of memcmp instead of strcoll.
+        select distinct on (b.user_id collate "C") b.user_id, b.xid, b.seq
+        from pg_temp.recsql_batch b
+        where not b.ctx
+        order by b.user_id collate "C", b.xid, b.seq
+    ), converting as (
+        -- Only a conversion forms bought-together pairs, so only converting users need that window.
+        select f.*
+        from firsts f
+        where f.user_id in (
+            select b.user_id
+            from pg_temp.recsql_batch b
+            join recsql.event_types t on t.name = b.event_type
+            where not b.ctx and t.is_conversion)
+    ), earlier as (
+        select c.*
+        from firsts f
+        cross join lateral (
+            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
+            from recsql.events e
+            join recsql.event_types t on t.name = e.event_type
+            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.forms_pairs
+            order by e.xid desc, e.seq desc
+            limit v_settings.cooc_window
+        ) c
+        union
+        select c.*
+        from converting f
+        cross join lateral (
+            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
+            from recsql.events e
+            join recsql.event_types t on t.name = e.event_type
+            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.is_conversion
+            order by e.xid desc, e.seq desc
+            limit v_settings.purchase_window
+        ) c
+    )
+    select x.user_id, x.item_id, i.item_key, x.event_type, x.value, x.ts, x.xid, x.seq, true
+    from earlier x
+    join recsql.items i on i.item_id = x.item_id;
+end
+$$;
+
+create or replace function recsql._pair_delta(p_sign integer, p_from timestamptz, p_to timestamptz) returns bigint
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_deltas bigint;
+begin
+    select * into v_settings from recsql.settings;
+
+    truncate pg_temp.recsql_pair_delta;
+
+    insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
+    -- Partitioned by user id bytes (collate "C"): the same partitions, sorted with memcmp.
+    with windowed as (
+        select 'v'::"char" as kind, b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id collate "C" order by b.xid, b.seq
+                   rows between v_settings.cooc_window preceding and 1 preceding) as prev
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.forms_pairs
+        union all
+        select 'p'::"char", b.seq, b.item_key, b.ts, b.ctx,
+               array_agg(b.item_key) over (
+                   partition by b.user_id collate "C" order by b.xid, b.seq
+                   rows between v_settings.purchase_window preceding and 1 preceding)
+        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        where t.is_conversion
+    ), formed as (
+        -- An item seen twice in the window pairs once with the event: only its last place counts.
+        -- (A check of the rest of a 10-item array, not a distinct over every formation.)
+        select w.kind, w.item_key as a, x.b
+        from windowed w
+        cross join lateral unnest(w.prev) with ordinality as x(b, i)
+        where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
+          and x.b <> all (w.prev[x.i + 1:])
+    )
+    -- A pair is stored once, under (smaller key, larger key): both items' lists read it.
+    select kind, least(a, b), greatest(a, b), p_sign * count(*)::integer
+    from formed
+    group by 1, 2, 3;
+
+    get diagnostics v_deltas = row_count;
+    return v_deltas;
+end
+$$;
+
+-- Live model states: their copies of _batch_add_context and _pair_delta.
+do $$
+declare
+    v_schema text;
+begin
+    for v_schema in select schema_name from recsql.model_states order by model loop
+        perform recsql._copy_state_functions(v_schema);
+    end loop;
+end
+$$;
