@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import benchdb
 import numpy as np
@@ -110,21 +110,24 @@ def clustered(items: list[dict[str, Any]], dim: int, seed: int, parts: dict[str,
         directions = rng.standard_normal((len(codes), dim))
         total += scale * directions[[codes[v] for v in values]]
     total += parts.get("noise", 0.0) * rng.standard_normal(total.shape)
-    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    unit: Floats = (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def _part(item: dict[str, Any], part: str) -> str:
     words = item["title"].split()
     desc = item["properties"]["description"]
-    return {
-        "category": item["category"],
-        "series": f"{item['category']}/{words[0]}",  # synth gives each series one brand
-        "noun": " ".join(words[2:]),
-        "adjective": words[1],
-        "brand": words[0],
-        "color": desc.split()[0],
-        "material": desc.split(",")[0].split(" ", 1)[1],
-    }[part]
+    return str(
+        {
+            "category": item["category"],
+            "series": f"{item['category']}/{words[0]}",  # synth gives each series one brand
+            "noun": " ".join(words[2:]),
+            "adjective": words[1],
+            "brand": words[0],
+            "color": desc.split()[0],
+            "material": desc.split(",")[0].split(" ", 1)[1],
+        }[part]
+    )
 
 
 BEHAVIOUR_LIKE = {"category": 1.0, "series": 0.8, "noise": 0.7}
@@ -170,7 +173,7 @@ def read_vectors(url: str, space: str) -> tuple[npt.NDArray[np.int64], Floats]:
         else np.zeros((0, dim), np.float32)
     )
     lengths = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return keys, vectors / np.where(lengths > 0, lengths, 1)
+    return keys, (vectors / np.where(lengths > 0, lengths, 1)).astype(np.float32, copy=False)
 
 
 # --- recall and latency ---------------------------------------------------------------------------
@@ -330,7 +333,8 @@ def hnsw_phase(url: str, args: argparse.Namespace) -> dict[str, Any]:
         conn.execute("ANALYZE recsql.item_embeddings")
         conn.execute("ANALYZE recsql.items")
         ids = {
-            r["item_key"]: r["item_id"] for r in conn.execute("SELECT item_key, item_id FROM recsql.items")
+            cast(int, r["item_key"]): cast(str, r["item_id"])
+            for r in conn.execute("SELECT item_key, item_id FROM recsql.items")
         }
         weights = space_weights(conn)
         rtt = round_trip(conn)
@@ -513,7 +517,8 @@ def fill_vectors(
         text_vectors = clustered(items, DIMS["text"], args.seed + 1, TEXT_LIKE)
     with db.connection(url) as conn:
         keys = {
-            r["item_id"]: r["item_key"] for r in conn.execute("SELECT item_id, item_key FROM recsql.items")
+            cast(str, r["item_id"]): cast(int, r["item_key"])
+            for r in conn.execute("SELECT item_id, item_key FROM recsql.items")
         }
         order = [keys[it["item_id"]] for it in items]
         conn.execute("DELETE FROM recsql.embedding_queue WHERE space = 'text'")
@@ -741,7 +746,7 @@ class FreshnessProbe:
                         ),
                     ).fetchone()
                     if row:
-                        self.pending[row["item_key"]] = time.perf_counter()
+                        self.pending[cast(int, row["item_key"])] = time.perf_counter()
                     self.sent += 1
                     next_at += self.every
                 if self.pending:
@@ -751,7 +756,7 @@ class FreshnessProbe:
                     ).fetchall()
                     now = time.perf_counter()
                     for r in seen:
-                        self.latencies_ms.append((now - self.pending.pop(r["item_key"])) * 1000)
+                        self.latencies_ms.append((now - self.pending.pop(cast(int, r["item_key"]))) * 1000)
                 self._stop.wait(0.02)
 
     def summary(self) -> dict[str, Any]:
