@@ -22,8 +22,12 @@ language plpgsql as $$
 begin
     if new.event_id is null then
         new.event_id := recsql.new_event_id();
-    elsif exists (select 1 from recsql.events e where e.event_id = new.event_id) then
-        return null;
+    else
+        -- A bare index probe (perform ... found), not exists(...): no subplan to set up per row.
+        perform from recsql.events e where e.event_id = new.event_id;
+        if found then
+            return null;
+        end if;
     end if;
     new.xid := pg_current_xact_id();
     new.arrived_at := now();
@@ -48,11 +52,22 @@ declare
 begin
     select * into v_settings from recsql.settings;
 
-    select n.event_type into v_bad
+    -- One pass over the statement's rows finds its range and whether any row is bad; only a bad
+    -- statement pays for the queries that name the first offender.
+    select pg_current_xact_id() as xid, min(n.seq) as first_seq, max(n.seq) as last_seq, count(*) as n,
+           coalesce(bool_or(t.name is null), false) as bad_type,
+           coalesce(bool_or(n.ts > now() + v_settings.max_future), false) as bad_ts,
+           coalesce(bool_or(t.value_max is not null
+                            and (n.value is null or n.value < t.value_min or n.value > t.value_max)), false) as bad_value
+    into v_range
     from new_events n
-    where not exists (select 1 from recsql.event_types t where t.name = n.event_type)
-    limit 1;
-    if found then
+    left join recsql.event_types t on t.name = n.event_type;
+
+    if v_range.bad_type then
+        select n.event_type into v_bad
+        from new_events n
+        where not exists (select 1 from recsql.event_types t where t.name = n.event_type)
+        limit 1;
         raise exception 'unknown event type "%"', v_bad.event_type
             using errcode = '23503',
                   constraint = 'events_event_type_fkey',
@@ -60,11 +75,11 @@ begin
                                 (select string_agg(name, ', ' order by name) from recsql.event_types));
     end if;
 
-    select n.event_id, n.ts into v_bad
-    from new_events n
-    where n.ts > now() + v_settings.max_future
-    limit 1;
-    if found then
+    if v_range.bad_ts then
+        select n.event_id, n.ts into v_bad
+        from new_events n
+        where n.ts > now() + v_settings.max_future
+        limit 1;
         raise exception 'event "%" has timestamp % which is more than % in the future',
                 v_bad.event_id, v_bad.ts, v_settings.max_future
             using errcode = '23514',
@@ -72,21 +87,18 @@ begin
                   hint = 'Send the time the event happened (UTC, ISO 8601), or omit it to use the server time.';
     end if;
 
-    select n.event_id, n.event_type, n.value, t.value_min, t.value_max into v_bad
-    from new_events n
-    join recsql.event_types t on t.name = n.event_type
-    where t.value_max is not null and (n.value is null or n.value < t.value_min or n.value > t.value_max)
-    limit 1;
-    if found then
+    if v_range.bad_value then
+        select n.event_id, n.event_type, n.value, t.value_min, t.value_max into v_bad
+        from new_events n
+        join recsql.event_types t on t.name = n.event_type
+        where t.value_max is not null and (n.value is null or n.value < t.value_min or n.value > t.value_max)
+        limit 1;
         raise exception 'event "%" of type "%" needs a value between % and %, got %',
                 v_bad.event_id, v_bad.event_type, v_bad.value_min, v_bad.value_max, coalesce(v_bad.value::text, 'none')
             using errcode = '23514',
                   constraint = 'events_value_range_check';
     end if;
 
-    select pg_current_xact_id() as xid, min(seq) as first_seq, max(seq) as last_seq, count(*) as n
-    into v_range
-    from new_events;
     if v_range.n > 0 then
         insert into recsql.event_inbox (xid, first_seq, last_seq, n)
         values (v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n);

@@ -160,7 +160,7 @@ begin
             order by e.xid desc, e.seq desc
             limit v_settings.cooc_window
         ) c
-        union
+        union all
         select c.*
         from converting f
         cross join lateral (
@@ -172,9 +172,12 @@ begin
             limit v_settings.purchase_window
         ) c
     )
-    select x.user_id, x.item_id, i.item_key, x.event_type, x.value, x.ts, x.xid, x.seq, true
+    -- A conversion can be in both windows: kept once, by its seq (a sort of one bigint, not a
+    -- union's sort of every column).
+    select distinct on (x.seq) x.user_id, x.item_id, i.item_key, x.event_type, x.value, x.ts, x.xid, x.seq, true
     from earlier x
-    join recsql.items i on i.item_id = x.item_id;
+    join recsql.items i on i.item_id = x.item_id
+    order by x.seq;
 end
 $$;
 
@@ -248,15 +251,18 @@ begin
         insert into recsql.item_pairs as p (kind, item_a, item_b, n)
         select d.kind, d.item_a, d.item_b, d.n
         from pg_temp.recsql_pair_delta d
-        order by d.kind, d.item_a, d.item_b
+        order by d.item_a, d.item_b, d.kind
         on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
 
-        -- Distinct by hashing (group by), not by sorting every delta twice (union).
+        -- Distinct by hashing (group by), not by sorting every delta twice (union). Lists already
+        -- due whole (most of them, behind a backlog) are skipped before the upsert.
         insert into recsql.neighbor_dirty as x (kind, item_key)
         select u.kind, u.item_key
         from (select d.kind, d.item_a as item_key from pg_temp.recsql_pair_delta d
               union all
               select d.kind, d.item_b from pg_temp.recsql_pair_delta d) u
+        where not exists (select 1 from recsql.neighbor_dirty w
+                          where w.kind = u.kind and w.item_key = u.item_key and w.partners is null)
         group by 1, 2
         order by 1, 2
         on conflict (kind, item_key) do update set partners = null where x.partners is not null;
@@ -273,7 +279,7 @@ begin
             insert into recsql.item_pairs as p (kind, item_a, item_b, n)
             select d.kind, d.item_a, d.item_b, d.n
             from pg_temp.recsql_pair_delta d
-            order by d.kind, d.item_a, d.item_b
+            order by d.item_a, d.item_b, d.kind
             on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n
             returning p.kind, p.item_a, p.item_b, p.n
         ), directed as (

@@ -86,8 +86,18 @@ STATE_FUNCTIONS = """
     FROM pg_proc p WHERE p.pronamespace = %s::regnamespace ORDER BY 1, 2"""
 
 
+STATE_INDEXES = """
+    SELECT tablename, indexname, replace(indexdef, ' ON ' || schemaname || '.', ' ON .')
+    FROM pg_indexes WHERE schemaname = %s AND tablename = ANY (recsql._state_tables()) ORDER BY 1, 2"""
+
+
 def _state_copies_are_current(conn: psycopg.Connection[Any], schema: str) -> None:
-    """The state's functions are one copy each of what the main schema's would make them now."""
+    """The state's functions are one copy each of what the main schema's would make them now, and
+    its tables have the main schema's keys and indexes."""
+    assert (
+        conn.execute(STATE_INDEXES, (schema,)).fetchall()
+        == conn.execute(STATE_INDEXES, ("recsql",)).fetchall()
+    )
     migrated = conn.execute(STATE_FUNCTIONS, (schema,)).fetchall()
     names = [row[0] for row in migrated]
     assert len(names) == len(set(names)), "an old signature was left beside the new one"
