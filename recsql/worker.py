@@ -108,6 +108,12 @@ class Folder(Loop):
         return bool(row and row["due"])
 
     @staticmethod
+    def _pairs_queued(conn: psycopg.Connection[Any]) -> bool:
+        """Whether folds have queued pair counts the list lane has not added yet."""
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM recsql.pair_queue) AS q").fetchone()
+        return bool(row and row["q"])
+
+    @staticmethod
     def _events_pending(conn: psycopg.Connection[Any]) -> int:
         """Events committed and not folded yet: fold_status.pending_events alone (the inbox is a few
         rows), without the view's count of pending lists, which a busy round need not pay for."""
@@ -201,8 +207,12 @@ class Folder(Loop):
             started = time.perf_counter()
             n = api.fold(conn, defer_pairs=True, max_events=self._slice(self._events_pending(conn)))
             # Nothing to fold: help the list lane refresh lists (on disjoint lists, side by side),
-            # unless it is adding pairs, or has pairs to add (a refresh would hold them up).
-            refreshed = 0 if n else api.refresh_neighbors(conn, self._lists_round(conn, True), wait=False)
+            # unless it is adding pairs, or has pairs to add (a refresh would hold them up). Queued
+            # pairs are checked first: sizing the round counts the due lists, tens of thousands
+            # behind a backlog, which every idle poll would otherwise pay for.
+            refreshed = 0
+            if not n and not self._pairs_queued(conn):
+                refreshed = api.refresh_neighbors(conn, self._lists_round(conn, True), wait=False)
             # Shadow states of candidate models fold the same events after the active one.
             shadow = api.fold_states(conn, self.lists_per_round)
             self._folded(n, started)
