@@ -316,9 +316,11 @@ class FolderProcess:
             daemon=True,
         )
         self._process.start()
-        if not ready.wait(timeout=120):
-            self._process.kill()
-            raise RuntimeError("the folder process did not start within 120 s")
+        deadline = time.monotonic() + 120
+        while not ready.wait(timeout=0.5):
+            if not self._process.is_alive() or time.monotonic() > deadline:
+                self._process.kill()
+                raise RuntimeError(f"the folder process did not start (exit code {self._process.exitcode})")
         # (events paired, lists refreshed, seconds pairing, seconds refreshing) per list round.
         self.list_rounds: list[tuple[int, int, float, float]] = []
 

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -106,6 +107,16 @@ class Folder(Loop):
             (MAINTAIN_EVERY_S,),
         ).fetchone()
         return bool(row and row["due"])
+
+    @staticmethod
+    def _without_events(conn: psycopg.Connection[Any], call: Callable[[], int]) -> int:
+        """Run ``call`` in a transaction that first promises to insert no events
+        (recsql._promise_no_events), so that folding does not wait for it: adding a backlog's pairs
+        or refreshing thousands of lists takes seconds, and events committed meanwhile would
+        otherwise wait for it to end before the fold lane may take them."""
+        with conn.transaction():
+            conn.execute("SELECT recsql._promise_no_events()")
+            return call()
 
     @staticmethod
     def _pairs_queued(conn: psycopg.Connection[Any]) -> bool:
@@ -212,7 +223,10 @@ class Folder(Loop):
             # behind a backlog, which every idle poll would otherwise pay for.
             refreshed = 0
             if not n and not self._pairs_queued(conn):
-                refreshed = api.refresh_neighbors(conn, self._lists_round(conn, True), wait=False)
+                lists = self._lists_round(conn, True)
+                refreshed = self._without_events(
+                    conn, partial(api.refresh_neighbors, conn, lists, wait=False)
+                )
             # Shadow states of candidate models fold the same events after the active one.
             shadow = api.fold_states(conn, self.lists_per_round)
             self._folded(n, started)
@@ -225,7 +239,7 @@ class Folder(Loop):
         last_refresh = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
-            paired = api.fold_pairs(conn)
+            paired = self._without_events(conn, partial(api.fold_pairs, conn))
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the
@@ -237,7 +251,8 @@ class Folder(Loop):
             if started - last_refresh >= (self.backlog_refresh_s if backlog else self.refresh_s) or (
                 paired == 0 and not backlog
             ):
-                refreshed = api.refresh_neighbors(conn, self._lists_round(conn, paired == 0 and not backlog))
+                lists = self._lists_round(conn, paired == 0 and not backlog)
+                refreshed = self._without_events(conn, partial(api.refresh_neighbors, conn, lists))
                 last_refresh = started
             if (paired or refreshed) and self.on_lists is not None:
                 self.on_lists(paired, refreshed, paired_at - started, time.perf_counter() - paired_at)

@@ -50,6 +50,12 @@ declare
     v_range record;
     v_schema text;
 begin
+    if current_setting('recsql.no_events', true) = 'on' then
+        raise exception 'this transaction promised to insert no events (it added pairs or refreshed neighbour lists first)'
+            using errcode = '55000',
+                  hint = 'Insert events in a transaction of their own; folding does not wait for transactions that promised.';
+    end if;
+
     select * into v_settings from recsql.settings;
 
     -- One pass over the statement's rows finds its range and whether any row is bad; only a bad

@@ -20,6 +20,37 @@ language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 $$
 comment on function recsql._pairs_lock_key() is
     'Advisory lock key held by whoever writes item pairs and neighbour lists';
 
+-- Key of the lock a transaction holds (shared) while it has promised to insert no events: the
+-- worker's list lane adding pairs and refreshing lists for seconds. The replay horizon does not
+-- wait for such transactions, so folding goes on meanwhile.
+create function recsql._no_events_lock_key() returns bigint
+language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 4 $$;
+
+comment on function recsql._no_events_lock_key() is
+    'Advisory lock key held (shared) by transactions that promised to insert no events';
+
+-- Promises, for the rest of this transaction, that it inserts no events, if it has not written
+-- anything yet (a transaction that has may have inserted events: it keeps holding the horizon
+-- back). The events trigger refuses the events of a transaction that promised. Returns whether
+-- the promise was made.
+create function recsql._promise_no_events() returns boolean
+language plpgsql as $$
+begin
+    if current_setting('recsql.no_events', true) = 'on' then
+        return true;
+    end if;
+    if pg_current_xact_id_if_assigned() is not null then
+        return false;
+    end if;
+    perform set_config('recsql.no_events', 'on', true);
+    perform pg_advisory_xact_lock_shared(recsql._no_events_lock_key());
+    return true;
+end
+$$;
+
+comment on function recsql._promise_no_events() is
+    'Marks a transaction that has written nothing yet as one that inserts no events, so folding need not wait for it';
+
 -- The replay horizon: every transaction of this database with a smaller id has ended.
 create function recsql._fold_horizon() returns xid8
 language sql volatile as $$
@@ -36,7 +67,18 @@ language sql volatile as $$
                    where a.backend_xid = xid(x.id) and a.datname is distinct from current_database())
            and not exists (
                    select 1 from pg_prepared_xacts p
-                   where p.transaction = xid(x.id) and p.database <> current_database())))
+                   where p.transaction = xid(x.id) and p.database <> current_database())
+           -- Nor transactions here that promised to insert no events (recsql._promise_no_events):
+           -- the lock is taken before their first write, so they held it when they got the xid.
+           and not exists (
+                   select 1
+                   from pg_locks l
+                   join pg_stat_activity a on a.pid = l.pid
+                   where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                     and l.database = (select d.oid from pg_database d where d.datname = current_database())
+                     and l.classid = (recsql._no_events_lock_key() >> 32)::oid
+                     and l.objid = (recsql._no_events_lock_key() & 4294967295)::oid
+                     and a.backend_xid = xid(x.id))))
     from (select pg_current_snapshot() as s) q
 $$;
 

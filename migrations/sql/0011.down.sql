@@ -82,6 +82,25 @@ begin
 end
 $$;
 
+create or replace function recsql._fold_horizon() returns xid8
+language sql volatile as $$
+    -- pg_snapshot_xmin would do, but it counts running transactions of every database on the
+    -- server: a long load elsewhere would stall folding here. Only xids provably owned by another
+    -- database are skipped; anything else (this database, unknown, prepared here) holds it back.
+    select least(
+        pg_snapshot_xmax(q.s),
+        pg_current_xact_id_if_assigned(),
+        (select min(x.id)
+         from pg_snapshot_xip(q.s) as x(id)
+         where not exists (
+                   select 1 from pg_stat_activity a
+                   where a.backend_xid = xid(x.id) and a.datname is distinct from current_database())
+           and not exists (
+                   select 1 from pg_prepared_xacts p
+                   where p.transaction = xid(x.id) and p.database <> current_database())))
+    from (select pg_current_snapshot() as s) q
+$$;
+
 create or replace function recsql._batch_add_context() returns void
 language plpgsql as $$
 declare
@@ -246,6 +265,9 @@ begin
     end if;
 end
 $$;
+
+drop function recsql._promise_no_events();
+drop function recsql._no_events_lock_key();
 
 -- Live model states: the same keys on their item_pairs, and their copies of _batch_add_context and
 -- _merge_pair_delta.

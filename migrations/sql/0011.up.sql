@@ -1,13 +1,41 @@
--- 0011: less work per event. item_pairs' indexes put the pair kind last (adding a pair compares
--- integers on its way down, not a "char" first); the events trigger probes for a duplicate id
--- with a bare index probe and validates a statement in one pass over its rows; a fold loads a
--- conversion that is in both of a user's windows once, by its seq; a bulk pair merge skips lists
--- already due whole. Live model states get the same. Frozen: never edit after release.
+-- 0011: less work per event, and folding that does not wait for the worker's list lane.
+-- item_pairs' indexes put the pair kind last (adding a pair compares integers on its way down,
+-- not a "char" first); the events trigger probes for a duplicate id with a bare index probe and
+-- validates a statement in one pass over its rows; a fold loads a conversion that is in both of a
+-- user's windows once, by its seq; a bulk pair merge skips lists already due whole. A transaction
+-- that promised to insert no events (recsql._promise_no_events) no longer holds the replay horizon
+-- back, and cannot insert events. Live model states get the same. Frozen: never edit after release.
 alter table recsql.item_pairs
     drop constraint item_pairs_pkey,
     add constraint item_pairs_pkey primary key (item_a, item_b, kind);
 drop index recsql.item_pairs_b_idx;
 create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
+
+create function recsql._no_events_lock_key() returns bigint
+language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 4 $$;
+
+comment on function recsql._no_events_lock_key() is
+    'Advisory lock key held (shared) by transactions that promised to insert no events';
+
+
+create function recsql._promise_no_events() returns boolean
+language plpgsql as $$
+begin
+    if current_setting('recsql.no_events', true) = 'on' then
+        return true;
+    end if;
+    if pg_current_xact_id_if_assigned() is not null then
+        return false;
+    end if;
+    perform set_config('recsql.no_events', 'on', true);
+    perform pg_advisory_xact_lock_shared(recsql._no_events_lock_key());
+    return true;
+end
+$$;
+
+comment on function recsql._promise_no_events() is
+    'Marks a transaction that has written nothing yet as one that inserts no events, so folding need not wait for it';
+
 
 create or replace function recsql.events_before_insert() returns trigger
 language plpgsql as $$
@@ -35,6 +63,12 @@ declare
     v_range record;
     v_schema text;
 begin
+    if current_setting('recsql.no_events', true) = 'on' then
+        raise exception 'this transaction promised to insert no events (it added pairs or refreshed neighbour lists first)'
+            using errcode = '55000',
+                  hint = 'Insert events in a transaction of their own; folding does not wait for transactions that promised.';
+    end if;
+
     select * into v_settings from recsql.settings;
 
     -- One pass over the statement's rows finds its range and whether any row is bad; only a bad
@@ -95,6 +129,36 @@ begin
     end if;
     return null;
 end
+$$;
+
+create or replace function recsql._fold_horizon() returns xid8
+language sql volatile as $$
+    -- pg_snapshot_xmin would do, but it counts running transactions of every database on the
+    -- server: a long load elsewhere would stall folding here. Only xids provably owned by another
+    -- database are skipped; anything else (this database, unknown, prepared here) holds it back.
+    select least(
+        pg_snapshot_xmax(q.s),
+        pg_current_xact_id_if_assigned(),
+        (select min(x.id)
+         from pg_snapshot_xip(q.s) as x(id)
+         where not exists (
+                   select 1 from pg_stat_activity a
+                   where a.backend_xid = xid(x.id) and a.datname is distinct from current_database())
+           and not exists (
+                   select 1 from pg_prepared_xacts p
+                   where p.transaction = xid(x.id) and p.database <> current_database())
+           -- Nor transactions here that promised to insert no events (recsql._promise_no_events):
+           -- the lock is taken before their first write, so they held it when they got the xid.
+           and not exists (
+                   select 1
+                   from pg_locks l
+                   join pg_stat_activity a on a.pid = l.pid
+                   where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                     and l.database = (select d.oid from pg_database d where d.datname = current_database())
+                     and l.classid = (recsql._no_events_lock_key() >> 32)::oid
+                     and l.objid = (recsql._no_events_lock_key() & 4294967295)::oid
+                     and a.backend_xid = xid(x.id))))
+    from (select pg_current_snapshot() as s) q
 $$;
 
 create or replace function recsql._batch_add_context() returns void

@@ -1,5 +1,6 @@
 """Less work per event: item_pairs keys with the kind last, a bare duplicate probe and one-pass validation
-in the events triggers, window events deduplicated by seq, bulk list marking that skips lists already due whole.
+in the events triggers, window events deduplicated by seq, bulk list marking that skips lists already due whole;
+the replay horizon does not wait for transactions that promised to insert no events.
 
 Revision ID: 0011
 Revises: 0010

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from recsql import api
@@ -46,3 +47,30 @@ def test_idle_fold_and_refresh_do_no_work(db_url):
             None,
             None,
         )
+
+
+def test_a_transaction_that_promised_no_events_does_not_hold_back_folding(db_url, conn):
+    """The worker's list lane adds pairs and refreshes lists for seconds: folding goes on meanwhile."""
+    with psycopg.connect(db_url) as lists:
+        assert lists.execute("SELECT recsql._promise_no_events()").fetchone() == (True,)
+        lists.execute("SELECT pg_current_xact_id()")  # it writes, like adding pairs
+        api.track(conn, "u1", "a", "view")  # commits after `lists` got its xid
+        assert api.flush(conn) == 1
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="promised to insert no events"):
+            lists.execute(
+                "INSERT INTO recsql.events (user_id, item_id, event_type) VALUES ('u2', 'b', 'view')"
+            )
+        lists.rollback()
+    assert conn.execute("SELECT count(*) AS n FROM recsql.events WHERE user_id = 'u2'").fetchone()["n"] == 0
+
+
+def test_a_transaction_that_wrote_first_cannot_promise(db_url, conn):
+    """It may have inserted events already: they must fold before anything committed after them."""
+    with psycopg.connect(db_url) as early:
+        early.execute("INSERT INTO recsql.events (user_id, item_id, event_type) VALUES ('u1', 'a', 'view')")
+        assert early.execute("SELECT recsql._promise_no_events()").fetchone() == (False,)
+        api.track(conn, "u1", "b", "view")
+        assert api.flush(conn) == 0
+        early.execute("INSERT INTO recsql.events (user_id, item_id, event_type) VALUES ('u1', 'c', 'view')")
+        early.commit()
+    assert api.flush(conn) == 3
