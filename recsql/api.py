@@ -159,9 +159,13 @@ def fold(conn: Conn, *, defer_pairs: bool = False, max_events: int | None = None
     )
 
 
-def fold_pairs(conn: Conn) -> int:
-    """Add the pair counts queued by deferred folds to item_pairs; return their events."""
-    return int(_rows(conn, "SELECT recsql.fold_pairs() AS n", {})[0]["n"])
+def fold_pairs(conn: Conn, part: int | None = None, *, wait: bool = True) -> int:
+    """Add the pair counts queued by deferred folds to item_pairs; return their events.
+
+    With ``part`` (0 or 1) only that half of them, which another session may add the other half of
+    meanwhile; with ``wait=False`` it returns 0 at once when a lock it needs is taken.
+    """
+    return int(_rows(conn, "SELECT recsql.fold_pairs(%(p)s, %(w)s) AS n", {"p": part, "w": wait})[0]["n"])
 
 
 def refresh_neighbors(conn: Conn, max_items: int | None = None, *, wait: bool = True) -> int:

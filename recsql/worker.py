@@ -19,8 +19,6 @@ log = logging.getLogger("recsql.worker")
 MAINTAIN_EVERY_S = 3600.0
 # Events waiting for the fold lane beyond which the list lane treats itself as behind a backlog.
 BACKLOG_EVENTS = 10_000
-# The fold lane's slices of a backlog are never smaller than this (see Folder._slice).
-MIN_SLICE = 20_000
 # Refresh rounds grow up to this many times lists_per_round while many lists are due (see
 # Folder._lists_round).
 BULK_ROUNDS = 4
@@ -57,11 +55,13 @@ class Folder(Loop):
 
     With ``lanes=2`` (the default) the work runs in two sessions side by side, one core each: the
     fold lane folds events into counts and statistics and queues their pair counts
-    (``recsql.fold(defer_pairs => true)``), the list lane adds those pairs (``recsql.fold_pairs()``)
-    and refreshes the lists. With ``lanes=1`` one session does both, one after the other.
+    (``recsql.fold(defer_pairs => true)``), the list lane adds those pairs (``recsql.fold_pairs()``,
+    half by half) and refreshes the lists; with nothing to fold, the fold lane adds the other half
+    or refreshes lists beside it. With ``lanes=1`` one session does both, one after the other.
 
     Each round folds everything pending (the fold lane: a slice of a backlog, at most ``fold_slice``
-    events, oldest first), then refreshes ``lists_per_round`` neighbour lists (oldest change first;
+    events, oldest first: big folds cost less per event, and the two lanes add the last one's pairs
+    half each), then refreshes ``lists_per_round`` neighbour lists (oldest change first;
     bigger rounds while many are due), so a burst of events cannot starve folding. Spacing busy rounds lets a
     trickle of events be folded in batches instead of one fold per event, which keeps the
     folder from taking a whole core away from the writers; state lags by at most about one round.
@@ -78,7 +78,7 @@ class Folder(Loop):
         refresh_s: float = 1.0,
         backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
-        fold_slice: int = 100_000,
+        fold_slice: int = 250_000,
         lanes: int = 2,
         on_fold: Callable[[int, float], None] | None = None,
         on_lists: Callable[[int, int, float, float], None] | None = None,
@@ -183,16 +183,14 @@ class Folder(Loop):
         pause = self.round_s if busy else self.idle_s
         self._stop.wait(max(0.0, pause - (time.perf_counter() - started)))
 
-    def _slice(self, pending: int) -> int:
-        """How many of ``pending`` events the fold lane folds this round.
-
-        A backlog is folded in slices, so that the list lane adds one slice's pairs while the next
-        one folds. While a backlog drains, each slice is half of what is left (at most fold_slice):
-        the last slices are small, so little is left for the list lane alone once folding ends.
-        A backlog under twice MIN_SLICE is folded whole.
-        """
-        half = pending // 2
-        return self.fold_slice if half < MIN_SLICE else min(self.fold_slice, half)
+    def _add_pairs(self, conn: psycopg.Connection[Any], parts: tuple[int, ...]) -> int:
+        """Add the queued pairs half by half (``parts`` in that order), each half in a transaction of
+        its own that does not wait for a half the other lane is adding: at the end of a backlog the
+        two lanes add a fold's two halves side by side. Returns the events whose pairs it added (each
+        half counts all of its folds' events)."""
+        return max(
+            self._without_events(conn, partial(api.fold_pairs, conn, part, wait=False)) for part in parts
+        )
 
     def _lists_round(self, conn: psycopg.Connection[Any], caught_up: bool) -> int:
         """How many lists one refresh round takes: lists_per_round; once the lanes have caught up
@@ -216,13 +214,16 @@ class Folder(Loop):
             if self._maintenance_due(conn):
                 api.maintain(conn)
             started = time.perf_counter()
-            n = api.fold(conn, defer_pairs=True, max_events=self._slice(self._events_pending(conn)))
-            # Nothing to fold: help the list lane refresh lists (on disjoint lists, side by side),
-            # unless it is adding pairs, or has pairs to add (a refresh would hold them up). Queued
-            # pairs are checked first: sizing the round counts the due lists, tens of thousands
-            # behind a backlog, which every idle poll would otherwise pay for.
-            refreshed = 0
-            if not n and not self._pairs_queued(conn):
+            n = api.fold(conn, defer_pairs=True, max_events=self.fold_slice)
+            # Nothing to fold: help the list lane. With pairs queued, add the half it is not adding
+            # (it starts with half 0); else refresh lists (disjoint ones, side by side), unless it
+            # is adding pairs. Queued pairs are checked first: sizing the round counts the due
+            # lists, tens of thousands behind a backlog, which every idle poll would otherwise pay for.
+            refreshed = paired = 0
+            helped = time.perf_counter()
+            if not n and self._pairs_queued(conn):
+                paired = self._add_pairs(conn, (1, 0))
+            elif not n:
                 lists = self._lists_round(conn, True)
                 refreshed = self._without_events(
                     conn, partial(api.refresh_neighbors, conn, lists, wait=False)
@@ -230,16 +231,17 @@ class Folder(Loop):
             # Shadow states of candidate models fold the same events after the active one.
             shadow = api.fold_states(conn, self.lists_per_round)
             self._folded(n, started)
-            if refreshed and self.on_lists is not None:
-                self.on_lists(0, refreshed, 0.0, time.perf_counter() - started)
-            self._pause(bool(n or refreshed or shadow), started)
+            if (paired or refreshed) and self.on_lists is not None:
+                took = time.perf_counter() - helped
+                self.on_lists(paired, refreshed, took if paired else 0.0, took if refreshed else 0.0)
+            self._pause(bool(n or paired or refreshed or shadow), started)
 
     def _list_lane(self, conn: psycopg.Connection[Any]) -> None:
         """Queued pairs into item_pairs, and changed neighbour lists refreshed."""
         last_refresh = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
-            paired = self._without_events(conn, partial(api.fold_pairs, conn))
+            paired = self._add_pairs(conn, (0, 1))
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the

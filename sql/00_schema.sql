@@ -245,14 +245,16 @@ comment on table recsql.item_pairs is
     'once, with item_a < item_b: an item''s pairs are those it is item_a or item_b of.';
 
 -- Pair deltas of folds run with defer_pairs (the worker's fold lane), waiting for recsql.fold_pairs()
--- (its list lane): one row per fold, the pairs as parallel arrays, so queueing costs one row.
+-- (its list lane): two rows per fold, one per half of the pairs (by the parity of item_a), the pairs
+-- as parallel arrays, so queueing costs two rows and two sessions can add the halves side by side.
 create table recsql.pair_queue (
     events integer not null,
     kinds "char"[] not null,
     items_a integer[] not null,
     items_b integer[] not null,
     n integer[] not null,
-    queued_at timestamptz not null default now()
+    queued_at timestamptz not null default now(),
+    part smallint not null default 0 constraint pair_queue_part_check check (part in (0, 1))
 );
 
 -- Written once and read once: compressing them would cost more than the bytes saved.
@@ -265,6 +267,12 @@ alter table recsql.pair_queue
 comment on table recsql.pair_queue is
     'Pair count deltas folded from events but not yet added to item_pairs; recsql.fold_pairs() applies '
     'them (in any order: they are sums)';
+
+comment on column recsql.pair_queue.part is
+    'Which half of the fold''s pairs the row holds (item_a % 2): recsql.fold_pairs(part) adds one half. '
+    'Only a split of the work: a row may hold any pairs';
+
+comment on column recsql.pair_queue.events is 'Events of the fold whose pairs the row holds (each half counts them all)';
 
 -- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
 create table recsql.neighbor_lists (

@@ -20,6 +20,16 @@ language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 $$
 comment on function recsql._pairs_lock_key() is
     'Advisory lock key held by whoever writes item pairs and neighbour lists';
 
+-- Keys of the locks on the two halves of the queued pairs (pair_queue.part): recsql.fold_pairs(part)
+-- holds the pairs lock shared and its half's lock exclusively, so the two halves are added side by
+-- side; refresh_neighbors() holds all three shared. Taken in the order pairs, half 0, half 1.
+-- (Written from _fold_lock_key(): a model state's copy of it exists before its other copies.)
+create function recsql._pair_part_lock_key(p_part integer) returns bigint
+language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 # (2 + p_part) $$;
+
+comment on function recsql._pair_part_lock_key(integer) is
+    'Advisory lock key held by whoever adds one half of the queued pairs (0 or 1)';
+
 -- Key of the lock a transaction holds (shared) while it has promised to insert no events: the
 -- worker's list lane adding pairs and refreshing lists for seconds. The replay horizon does not
 -- wait for such transactions, so folding goes on meanwhile.
@@ -279,8 +289,11 @@ comment on function recsql._pair_delta(integer, timestamptz, timestamptz) is
     'Computes the batch events'' pair count deltas into pg_temp.recsql_pair_delta; returns the row count';
 
 -- Adds the count deltas in pg_temp.recsql_pair_delta (p_deltas rows; p_sign -1: removals) to item_pairs
--- and marks the neighbour lists they change. The caller holds the pairs lock.
-create function recsql._merge_pair_delta(p_sign integer, p_deltas bigint) returns void
+-- and marks the neighbour lists they change. The caller holds the pairs lock (or, adding one half of
+-- the queued pairs, that half's lock; then p_analyze is false for the second half, so that two
+-- sessions never sample the table at once).
+create function recsql._merge_pair_delta(p_sign integer, p_deltas bigint, p_analyze boolean default true)
+returns void
 language plpgsql as $$
 declare
     v_settings recsql.settings;
@@ -388,14 +401,14 @@ begin
     -- A bulk merge changes item_pairs faster than autovacuum re-samples it; fresh statistics keep
     -- the next merges and refreshes on good plans. Only once it changed by a fifth since its last
     -- analyze: re-sampling millions of pairs every chunk is not free.
-    if p_deltas > 100000 and (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
+    if p_analyze and p_deltas > 100000 and (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
                               from pg_stat_user_tables where relid = 'recsql.item_pairs'::regclass) then
         analyze recsql.item_pairs;
     end if;
 end
 $$;
 
-comment on function recsql._merge_pair_delta(integer, bigint) is
+comment on function recsql._merge_pair_delta(integer, bigint, boolean) is
     'Adds the pair count deltas of pg_temp.recsql_pair_delta to item_pairs and marks the lists they change';
 
 -- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's non-context events
@@ -410,22 +423,25 @@ $$;
 comment on function recsql._apply_pairs(integer, timestamptz, timestamptz) is
     'Counts (or uncounts) the co-occurrence and bought-together pairs formed by the batch events';
 
--- Applies every committed queued pair delta (folds run with defer_pairs); the caller holds the
--- pairs lock. Returns the events whose pairs it applied.
-create function recsql._drain_pair_queue() returns bigint
+-- Applies every committed queued pair delta (folds run with defer_pairs), or those of one half
+-- (p_part); the caller holds the pairs lock, or that half's. Returns the events whose pairs it
+-- applied (each half of a fold counts all its events).
+create function recsql._drain_pair_queue(p_part integer default null) returns bigint
 language plpgsql as $$
 declare
     v_events bigint;
     v_deltas bigint;
 begin
-    if not exists (select 1 from recsql.pair_queue) then
+    if not exists (select 1 from recsql.pair_queue q where p_part is null or q.part = p_part) then
         return 0;
     end if;
     perform recsql._batch_reset();
     -- Folds that queue meanwhile commit rows this snapshot does not see: the next drain takes them.
+    -- Both halves of a fold count its events: all of them, once, is the larger of the two sums.
     with taken as materialized (
         delete from recsql.pair_queue q
-        returning q.events, q.kinds, q.items_a, q.items_b, q.n
+        where p_part is null or q.part = p_part
+        returning q.events, q.part, q.kinds, q.items_a, q.items_b, q.n
     ), deltas as (
         insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
         select u.kind, u.a, u.b, sum(u.n)
@@ -434,28 +450,46 @@ begin
         group by 1, 2, 3
         returning 1
     )
-    select (select coalesce(sum(t.events), 0) from taken t), (select count(*) from deltas)
+    select (select coalesce(max(e.n), 0) from (select sum(t.events) as n from taken t group by t.part) e),
+           (select count(*) from deltas)
     into v_events, v_deltas;
-    perform recsql._merge_pair_delta(1, v_deltas);
+    perform recsql._merge_pair_delta(1, v_deltas, p_analyze => coalesce(p_part, 0) = 0);
     return v_events;
 end
 $$;
 
-comment on function recsql._drain_pair_queue() is
-    'Adds every queued pair delta to item_pairs (caller holds the pairs lock); returns their events';
+comment on function recsql._drain_pair_queue(integer) is
+    'Adds every queued pair delta (or one half''s) to item_pairs (caller holds the lock); returns their events';
 
--- The worker's list lane: adds the pairs of folds run with defer_pairs. Returns their events.
-create function recsql.fold_pairs() returns bigint
+-- The worker's list lane: adds the pairs of folds run with defer_pairs, all of them, or one half
+-- (part 0 or 1), which another session may add the other half of meanwhile. Without wait it returns
+-- 0 at once when a lock it needs is taken. Returns their events.
+create function recsql.fold_pairs(part integer default null, wait boolean default true) returns bigint
 language plpgsql as $$
 declare
     v_n bigint;
 begin
+    if fold_pairs.part is not null and fold_pairs.part not in (0, 1) then
+        raise exception 'part must be 0, 1 or null (both halves), got %', fold_pairs.part using errcode = '22023';
+    end if;
     -- Nothing queued: return without the lock, which would wait for refreshers to finish.
-    if not exists (select 1 from recsql.pair_queue) then
+    if not exists (select 1 from recsql.pair_queue q where fold_pairs.part is null or q.part = fold_pairs.part) then
         return 0;
     end if;
-    perform pg_advisory_xact_lock(recsql._pairs_lock_key());
-    v_n := recsql._drain_pair_queue();
+    if fold_pairs.part is null then
+        if wait then
+            perform pg_advisory_xact_lock(recsql._pairs_lock_key());
+        elsif not pg_try_advisory_xact_lock(recsql._pairs_lock_key()) then
+            return 0;
+        end if;
+    elsif wait then
+        perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
+        perform pg_advisory_xact_lock(recsql._pair_part_lock_key(fold_pairs.part));
+    elsif not (pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key())
+               and pg_try_advisory_xact_lock(recsql._pair_part_lock_key(fold_pairs.part))) then
+        return 0;
+    end if;
+    v_n := recsql._drain_pair_queue(fold_pairs.part);
     if v_n > 0 then
         perform pg_notify('recsql_folded', v_n::text);  -- main only
     end if;
@@ -463,8 +497,9 @@ begin
 end
 $$;
 
-comment on function recsql.fold_pairs() is
-    'Adds the pair counts queued by fold(defer_pairs => true) to item_pairs and marks changed lists; returns their events';
+comment on function recsql.fold_pairs(integer, boolean) is
+    'Adds the pair counts queued by fold(defer_pairs => true) (all, or one half: part 0 or 1) to item_pairs and '
+    'marks changed lists; returns their events';
 
 
 -- Adds the batch's non-context events to the per user/item/type statistics.
@@ -634,9 +669,16 @@ begin
             perform recsql._merge_pair_delta(1, v_deltas);
             v_paired := v_n;
         elsif v_deltas > 0 then
-            insert into recsql.pair_queue (events, kinds, items_a, items_b, n)
-            select v_n, array_agg(d.kind), array_agg(d.item_a), array_agg(d.item_b), array_agg(d.n)
-            from pg_temp.recsql_pair_delta d;
+            -- Two halves by the parity of item_a, each a row even when empty: fold_status counts
+            -- the events of each half, and they are pending until both halves are added.
+            insert into recsql.pair_queue (events, part, kinds, items_a, items_b, n)
+            select v_n, h.part, coalesce(d.kinds, '{}'), coalesce(d.items_a, '{}'), coalesce(d.items_b, '{}'),
+                   coalesce(d.n, '{}')
+            from (values (0::smallint), (1::smallint)) h(part)
+            left join (select (x.item_a % 2)::smallint as part, array_agg(x.kind) as kinds,
+                              array_agg(x.item_a) as items_a, array_agg(x.item_b) as items_b, array_agg(x.n) as n
+                       from pg_temp.recsql_pair_delta x
+                       group by 1) d on d.part = h.part;
         end if;
     end if;
     if not defer_pairs then
@@ -705,11 +747,15 @@ declare
     v_full integer;
 begin
     -- Shared: refreshers run side by side on disjoint lists (picked with skip locked below), while
-    -- whoever changes pairs or marks lists holds the lock exclusively.
+    -- whoever changes pairs or marks lists holds the lock exclusively (or one half's lock).
     if wait then
         perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
+        perform pg_advisory_xact_lock_shared(recsql._pair_part_lock_key(0));
+        perform pg_advisory_xact_lock_shared(recsql._pair_part_lock_key(1));
     elsif exists (select 1 from recsql.pair_queue)
-          or not pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key()) then
+          or not (pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key())
+                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(0))
+                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(1))) then
         return 0;
     end if;
     if not exists (select 1 from recsql.neighbor_dirty) then

@@ -25,7 +25,8 @@ create function recsql._state_functions() returns text[]
 language sql immutable parallel safe as $$
     select array[
         -- folding
-        '_batch_resolve_items', '_batch_add_context', '_pairs_lock_key', '_pair_delta', '_merge_pair_delta',
+        '_batch_resolve_items', '_batch_add_context', '_pairs_lock_key', '_pair_part_lock_key', '_pair_delta',
+        '_merge_pair_delta',
         '_apply_pairs', '_drain_pair_queue', '_apply_stats', 'fold', 'fold_pairs', 'refresh_neighbors', 'flush',
         'mark_all_neighbors', 'rebuild', '_forget_state', 'maintain', 'state_digest',
         -- queries, so that a candidate can serve an online test from its own state

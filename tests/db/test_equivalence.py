@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -147,10 +150,85 @@ def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
     for user, item in stream[4:]:
         conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
     conn.execute("SELECT recsql.fold(defer_pairs => true)")
-    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 1
+    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 2  # two halves
     conn.execute("SELECT recsql.forget_user('u1')")
     assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 0
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
+def _queue_three_folds(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("UPDATE recsql.settings SET cooc_window = 4, purchase_window = 3")
+    rng = random.Random(7)
+    for _ in range(3):
+        for _ in range(120):
+            api.track(
+                conn,
+                f"u{rng.randrange(9)}",
+                f"i{rng.randrange(25)}",
+                rng.choice(["view", "view", "purchase"]),
+            )
+        assert conn.execute("SELECT recsql.fold(defer_pairs => true) AS n").fetchone()["n"] == 120
+
+
+def test_queued_pairs_come_in_two_halves_that_lock_apart(db_url, conn):
+    """fold(defer_pairs) queues each fold's pairs in two halves by item_a's parity. While one half is
+    being added, the other can be added beside it, whereas adding that half again, adding all pairs
+    or refreshing lists step aside (without wait: at once); the events stay pending until both
+    halves are in."""
+    _queue_three_folds(conn)
+    halves = conn.execute(
+        "SELECT part, count(*) AS folds, sum(events) AS events, bool_and(items_a <@ ARRAY(SELECT x FROM"
+        " generate_series(part, 100, 2) x)) AS parity FROM recsql.pair_queue GROUP BY part ORDER BY part"
+    ).fetchall()
+    assert [(h["part"], h["folds"], h["events"], h["parity"]) for h in halves] == [
+        (0, 3, 360, True),
+        (1, 3, 360, True),
+    ]
+    with psycopg.connect(db_url) as other:  # holds the locks of a session adding half 0
+        other.execute(
+            "SELECT pg_advisory_xact_lock_shared(recsql._pairs_lock_key()),"
+            " pg_advisory_xact_lock(recsql._pair_part_lock_key(0))"
+        )
+        assert conn.execute("SELECT recsql.fold_pairs(0, wait => false) AS n").fetchone()["n"] == 0
+        assert conn.execute("SELECT recsql.fold_pairs(wait => false) AS n").fetchone()["n"] == 0
+        assert conn.execute("SELECT recsql.fold_pairs(1, wait => false) AS n").fetchone()["n"] == 360
+        assert (
+            conn.execute("SELECT pending_pair_events FROM recsql.fold_status").fetchone()[
+                "pending_pair_events"
+            ]
+            == 360
+        )
+        conn.execute("DELETE FROM recsql.pair_queue")  # nothing queued: only the locks keep a refresher out
+        assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] > 0
+        assert conn.execute("SELECT recsql.refresh_neighbors(wait => false) AS n").fetchone()["n"] == 0
+        other.rollback()
+    assert conn.execute("SELECT recsql.refresh_neighbors(wait => false) AS n").fetchone()["n"] > 0
+
+
+def test_two_sessions_add_the_halves_side_by_side_exactly(db_url, conn):
+    """Two sessions adding one half each at the same time (they mark the same lists: the second waits
+    for the first to commit, no deadlock) leave the state a rebuild makes."""
+    _queue_three_folds(conn)
+    start = threading.Barrier(2)
+
+    def add(part: int) -> int:
+        with psycopg.connect(db_url, autocommit=True) as session:
+            start.wait()
+            return int(session.execute("SELECT recsql.fold_pairs(%s)", (part,)).fetchone()[0])
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(add, (0, 1))) == [360, 360]
+    assert (
+        conn.execute("SELECT pending_pair_events FROM recsql.fold_status").fetchone()["pending_pair_events"]
+        == 0
+    )
+    conn.execute("SELECT recsql.refresh_neighbors()")
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
+def test_fold_pairs_names_its_halves(conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="part must be 0, 1 or null"):
+        conn.execute("SELECT recsql.fold_pairs(2)")
 
 
 def test_a_backlog_folds_in_slices_of_max_events(conn):

@@ -91,13 +91,19 @@ STATE_INDEXES = """
     FROM pg_indexes WHERE schemaname = %s AND tablename = ANY (recsql._state_tables()) ORDER BY 1, 2"""
 
 
+STATE_COLUMNS = """
+    SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY (recsql._state_tables())
+      AND a.attnum > 0 AND NOT a.attisdropped
+    ORDER BY c.relname, a.attnum"""
+
+
 def _state_copies_are_current(conn: psycopg.Connection[Any], schema: str) -> None:
     """The state's functions are one copy each of what the main schema's would make them now, and
-    its tables have the main schema's keys and indexes."""
-    assert (
-        conn.execute(STATE_INDEXES, (schema,)).fetchall()
-        == conn.execute(STATE_INDEXES, ("recsql",)).fetchall()
-    )
+    its tables have the main schema's columns, keys and indexes."""
+    for query in (STATE_COLUMNS, STATE_INDEXES):
+        assert conn.execute(query, (schema,)).fetchall() == conn.execute(query, ("recsql",)).fetchall()
     migrated = conn.execute(STATE_FUNCTIONS, (schema,)).fetchall()
     names = [row[0] for row in migrated]
     assert len(names) == len(set(names)), "an old signature was left beside the new one"

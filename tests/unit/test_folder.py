@@ -1,34 +1,10 @@
-"""The worker's fold lane: how much of a backlog it folds per round."""
+"""The worker's lanes: how many lists a refresh round takes."""
 
 from __future__ import annotations
 
 import pytest
 
-from recsql.worker import MIN_SLICE, Folder
-
-
-@pytest.mark.parametrize(
-    ("pending", "expected"),
-    [
-        (0, 100_000),  # nothing or a trickle: everything pending, in one fold
-        (2 * MIN_SLICE - 1, 100_000),  # a small backlog: in one fold as well
-        (2 * MIN_SLICE, MIN_SLICE),
-        (150_000, 75_000),  # a draining backlog: half of what is left
-        (1_000_000, 100_000),  # a big one: at most fold_slice
-    ],
-)
-def test_fold_lane_slices_a_backlog(pending: int, expected: int) -> None:
-    assert Folder(fold_slice=100_000)._slice(pending) == expected
-
-
-def test_slices_shrink_as_a_backlog_drains() -> None:
-    folder = Folder(fold_slice=100_000)
-    pending, slices = 400_000, []
-    while pending:
-        take = min(pending, folder._slice(pending))
-        slices.append(take)
-        pending -= take
-    assert slices == [100_000, 100_000, 100_000, 50_000, 25_000, 25_000]
+from recsql.worker import Folder
 
 
 class DueLists:
