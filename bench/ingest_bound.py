@@ -25,7 +25,7 @@ from typing import Any
 
 import benchdb
 import psycopg
-from ingest import EVENTS, log, render, timed_copy
+from ingest import EVENTS, RAW, SCRATCH, create_raw_table, log, render, timed_copy
 from psycopg import sql
 
 from recsql import db, load, synth
@@ -56,18 +56,17 @@ def maintained_load(url: str, chunks: list[bytes]) -> dict[str, float]:
 
 
 def raw_load(url: str, chunks: list[bytes]) -> float:
-    """The chunks COPYed into a trigger-less copy of recsql.events (as bench/ingest.py's raw COPY)."""
-    table = sql.Identifier("public", "events_raw")
+    """The chunks COPYed into bench/ingest.py's raw COPY target (a trigger-less copy of recsql.events)."""
     with db.connection(url) as conn:
         conn.autocommit = True
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE recsql.events INCLUDING ALL)").format(table))
-        seconds = sum(timed_copy(conn, table, payload) for payload in chunks)
-        conn.execute(sql.SQL("DROP TABLE {}").format(table))
+        create_raw_table(conn)
+        seconds = sum(timed_copy(conn, RAW, payload) for payload in chunks)
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCRATCH)))
     return round(seconds, 2)
 
 
-def _child(kind: str, url: str, chunks: list[bytes], start: Any, out: Any) -> None:
+def _child(kind: str, url: str, chunks: list[bytes], ready: Any, start: Any, out: Any) -> None:
+    ready.put(True)
     start.wait()
     out.put(maintained_load(url, chunks) if kind == "maintained" else {"raw_s": raw_load(url, chunks)})
 
@@ -75,11 +74,12 @@ def _child(kind: str, url: str, chunks: list[bytes], start: Any, out: Any) -> No
 def side_by_side(kind: str, urls: list[str], chunks: list[bytes]) -> list[dict[str, float]]:
     """The load ``kind`` in one process per database, started together; their results."""
     ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_child, args=(kind, url, chunks, start, out)) for url in urls]
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(kind, url, chunks, ready, start, out)) for url in urls]
     for proc in procs:
         proc.start()
-    time.sleep(2.0)  # both children imported and waiting
+    for _ in procs:  # every child imported and waiting, so that they start together
+        ready.get(timeout=120)
     start.set()
     results = [out.get(timeout=1800) for _ in procs]
     for proc in procs:

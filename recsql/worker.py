@@ -241,7 +241,8 @@ class Folder(Loop):
         last_refresh = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
-            paired = self._add_pairs(conn, (0, 1))
+            # One query when nothing is queued, not two transactions that would find nothing.
+            paired = self._add_pairs(conn, (0, 1)) if self._pairs_queued(conn) else 0
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the

@@ -290,7 +290,7 @@ comment on function recsql._pair_delta(integer, timestamptz, timestamptz) is
 
 -- Adds the count deltas in pg_temp.recsql_pair_delta (p_deltas rows; p_sign -1: removals) to item_pairs
 -- and marks the neighbour lists they change. The caller holds the pairs lock (or, adding one half of
--- the queued pairs, that half's lock; then p_analyze is false for the second half, so that two
+-- the queued pairs, that half's lock; then p_analyze is false for half 1, so that the two halves'
 -- sessions never sample the table at once).
 create function recsql._merge_pair_delta(p_sign integer, p_deltas bigint, p_analyze boolean default true)
 returns void
