@@ -78,7 +78,9 @@ def test_a_lane_that_fails_stops_the_folder(db_url, monkeypatch):
     def broken(conn, *args, **kwargs):
         raise ValueError("boom")
 
-    monkeypatch.setattr(api, "fold_pairs", broken)
+    # Something every list-lane poll does and the fold lane never does (an idle list lane adds no
+    # pairs: it finds none queued first).
+    monkeypatch.setattr(Folder, "_events_pending", staticmethod(broken))
     folder = Folder(db_url, idle_s=0.01)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="list lane failed") as info:
