@@ -273,7 +273,7 @@ def summarize_streaming(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fold_in_child(
-    url: str, options: dict[str, int], ready: Any, stop: Any, folds: Any, progress: Any
+    url: str, options: dict[str, Any], ready: Any, stop: Any, folds: Any, progress: Any
 ) -> None:
     """Body of the folder process: run recsql.worker.Folder until ``stop`` is set, then report its folds.
 
@@ -293,7 +293,9 @@ def _fold_in_child(
     def on_lists(paired: int, refreshed: int, pair_s: float, refresh_s: float) -> None:
         lists.append((paired, refreshed, pair_s, refresh_s))
 
-    folder = Folder(url, idle_s=0.05, on_fold=on_fold, on_lists=on_lists, **options)
+    # Polls a little faster than the worker's default (0.1 s) unless told otherwise: a load timed to
+    # its end should not wait out the last idle poll.
+    folder = Folder(url, on_fold=on_fold, on_lists=on_lists, **{"idle_s": 0.05, **options})
     folder.start_thread()
     ready.set()
     stop.wait()
@@ -304,7 +306,7 @@ def _fold_in_child(
 class FolderProcess:
     """A Folder in its own process, as `recsql worker` runs it, so it shares no GIL with the load."""
 
-    def __init__(self, url: str, options: dict[str, int]) -> None:
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         self._stop = ctx.Event()

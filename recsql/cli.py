@@ -325,6 +325,14 @@ def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt
     show_default=True,
     help="Folding sessions: 2 adds pairs and refreshes lists beside folding, on another core.",
 )
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.0),
+    default=0.25,
+    show_default=True,
+    help="While events keep coming, refresh changed neighbour lists at most this often (seconds): "
+    "larger costs less CPU on popular lists and adds up to that much lag to similar_items().",
+)
 @click.option("--embed/--no-embed", default=True, show_default=True, help="Keep item embeddings fresh.")
 @click.option(
     "--spaces",
@@ -332,7 +340,7 @@ def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt
     show_default=True,
     help="Embedding spaces this worker fills (comma-separated).",
 )
-def worker(idle: float, fold: bool, lanes: int, embed: bool, spaces: str) -> None:
+def worker(idle: float, fold: bool, lanes: int, refresh: float, embed: bool, spaces: str) -> None:
     """Keep derived state and embeddings fresh (Ctrl-C or SIGTERM stops cleanly).
 
     Run one or several: folding is serialised by an advisory lock, embedding work is shared
@@ -348,6 +356,7 @@ def worker(idle: float, fold: bool, lanes: int, embed: bool, spaces: str) -> Non
     folder = Folder(
         idle_s=idle,
         lanes=lanes,
+        refresh_s=refresh,
         on_fold=lambda n, s: fold_log.info("folded %d events in %.3f s", n, s),
         on_lists=lambda paired, lists, pair_s, list_s: fold_log.info(
             "added the pairs of %d events in %.3f s, refreshed %d lists in %.3f s",

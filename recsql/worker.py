@@ -19,6 +19,8 @@ log = logging.getLogger("recsql.worker")
 MAINTAIN_EVERY_S = 3600.0
 # Events waiting for the fold lane beyond which the list lane treats itself as behind a backlog.
 BACKLOG_EVENTS = 10_000
+# Seconds of adding pairs in one round beyond which the list lane treats itself as behind a backlog.
+BACKLOG_PAIRS_S = 1.0
 # Refresh rounds grow up to this many times lists_per_round while many lists are due (see
 # Folder._lists_round).
 BULK_ROUNDS = 4
@@ -51,7 +53,8 @@ class Folder(Loop):
     """Folds events and refreshes neighbour lists in rounds: every ``round_s`` while there is work,
     every ``idle_s`` when there is none. While events keep coming, lists are refreshed at most
     every ``refresh_s`` (every ``backlog_refresh_s`` while a backlog is being worked off); as soon
-    as a round finds nothing new, at once.
+    as a round finds nothing new, at once. The defaults keep a new pair within a second of its
+    commit in ``similar_items()`` under steady traffic (``bench/freshness.py``).
 
     With ``lanes=2`` (the default) the work runs in two sessions side by side, one core each: the
     fold lane folds events into counts and statistics and queues their pair counts
@@ -75,7 +78,7 @@ class Folder(Loop):
         *,
         idle_s: float = 0.1,
         round_s: float = 0.25,
-        refresh_s: float = 1.0,
+        refresh_s: float = 0.25,
         backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
         fold_slice: int = 250_000,
@@ -97,6 +100,13 @@ class Folder(Loop):
         self.on_fold = on_fold
         self.on_lists = on_lists
         self.folded = 0
+        # Set by the fold lane when a fold queued pairs (and by stop()): the list lane starts its
+        # next round at once instead of at its next tick, a quarter of a second off freshness.
+        self._queued = threading.Event()
+
+    def stop(self) -> None:
+        self._queued.set()
+        super().stop()
 
     @staticmethod
     def _maintenance_due(conn: psycopg.Connection[Any]) -> bool:
@@ -179,9 +189,9 @@ class Folder(Loop):
             if self.on_fold is not None:
                 self.on_fold(n, time.perf_counter() - started)
 
-    def _pause(self, busy: bool, started: float) -> None:
+    def _pause(self, busy: bool, started: float, wake: threading.Event | None = None) -> None:
         pause = self.round_s if busy else self.idle_s
-        self._stop.wait(max(0.0, pause - (time.perf_counter() - started)))
+        (wake or self._stop).wait(max(0.0, pause - (time.perf_counter() - started)))
 
     def _add_pairs(self, conn: psycopg.Connection[Any], parts: tuple[int, ...]) -> int:
         """Add the queued pairs half by half (``parts`` in that order), each half in a transaction of
@@ -208,6 +218,17 @@ class Folder(Loop):
             return self.lists_per_round
         return min(pending // 2, BULK_ROUNDS * self.lists_per_round)
 
+    def _refresh_due(self, since_refresh: float, paired: int, backlog: bool) -> bool:
+        """Whether a list-lane round refreshes lists, ``since_refresh`` seconds after the last one
+        that did: at once when no pairs came (and no backlog waits), else every refresh_s (every
+        backlog_refresh_s behind a backlog). Rounds start when a fold wakes the lane, so they come
+        about round_s apart, some a little sooner: without half a round's slack, a refresh due every
+        round would wait for every second one."""
+        if paired == 0 and not backlog:
+            return True
+        every = self.backlog_refresh_s if backlog else self.refresh_s
+        return since_refresh >= every - self.round_s / 2
+
     def _fold_lane(self, conn: psycopg.Connection[Any]) -> None:
         """Events into counts and statistics; their pairs are queued for the list lane."""
         while not self._stop.is_set():
@@ -228,6 +249,8 @@ class Folder(Loop):
                 refreshed = self._without_events(
                     conn, partial(api.refresh_neighbors, conn, lists, wait=False)
                 )
+            if n:
+                self._queued.set()
             # Shadow states of candidate models fold the same events after the active one.
             shadow = api.fold_states(conn, self.lists_per_round)
             self._folded(n, started)
@@ -241,25 +264,25 @@ class Folder(Loop):
         last_refresh = 0.0
         while not self._stop.is_set():
             started = time.perf_counter()
+            self._queued.clear()
             # One query when nothing is queued, not two transactions that would find nothing.
             paired = self._add_pairs(conn, (0, 1)) if self._pairs_queued(conn) else 0
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the
-            # work once for many events. Behind a backlog (adding the pairs took longer than
-            # that, or a bulk of events waits for the fold lane), the next drains mark most lists
-            # again: they wait until it is worked off, or at most backlog_refresh_s.
-            backlog = paired_at - started >= self.refresh_s or self._events_pending(conn) >= BACKLOG_EVENTS
+            # work once for several rounds' events; the default, a round, keeps lists within a
+            # second of the events. Behind a backlog (adding the pairs took longer than
+            # BACKLOG_PAIRS_S, or a bulk of events waits for the fold lane), the next drains mark
+            # most lists again: they wait until it is worked off, or at most backlog_refresh_s.
+            backlog = paired_at - started >= BACKLOG_PAIRS_S or self._events_pending(conn) >= BACKLOG_EVENTS
             refreshed = 0
-            if started - last_refresh >= (self.backlog_refresh_s if backlog else self.refresh_s) or (
-                paired == 0 and not backlog
-            ):
+            if self._refresh_due(started - last_refresh, paired, backlog):
                 lists = self._lists_round(conn, paired == 0 and not backlog)
                 refreshed = self._without_events(conn, partial(api.refresh_neighbors, conn, lists))
                 last_refresh = started
             if (paired or refreshed) and self.on_lists is not None:
                 self.on_lists(paired, refreshed, paired_at - started, time.perf_counter() - paired_at)
-            self._pause(bool(paired or refreshed), started)
+            self._pause(bool(paired or refreshed), started, self._queued)
 
     def _one_lane(self, conn: psycopg.Connection[Any]) -> None:
         """Both lanes' work in one session, one after the other."""

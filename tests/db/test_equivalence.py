@@ -167,7 +167,9 @@ def _queue_three_folds(conn: psycopg.Connection[Any]) -> None:
                 f"i{rng.randrange(25)}",
                 rng.choice(["view", "view", "purchase"]),
             )
-        assert conn.execute("SELECT recsql.fold(defer_pairs => true) AS n").fetchone()["n"] == 120
+        row = conn.execute("SELECT recsql.fold(defer_pairs => true) AS n").fetchone()
+        assert row is not None
+        assert row["n"] == 120
 
 
 def test_queued_pairs_come_in_two_halves_that_lock_apart(db_url, conn):
@@ -214,7 +216,9 @@ def test_two_sessions_add_the_halves_side_by_side_exactly(db_url, conn):
     def add(part: int) -> int:
         with psycopg.connect(db_url, autocommit=True) as session:
             start.wait()
-            return int(session.execute("SELECT recsql.fold_pairs(%s)", (part,)).fetchone()[0])
+            row = session.execute("SELECT recsql.fold_pairs(%s)", (part,)).fetchone()
+            assert row is not None
+            return int(row[0])
 
     with ThreadPoolExecutor(2) as pool:
         assert sorted(pool.map(add, (0, 1))) == [360, 360]
@@ -417,7 +421,9 @@ def test_refreshers_run_side_by_side_on_disjoint_lists(db_url, conn):
     assert api.refresh_neighbors(conn, 5, wait=False) == 0
     conn.execute("SET lock_timeout = '2s'")
     with psycopg.connect(db_url) as other:  # a transaction left open: its lists stay locked
-        assert other.execute("SELECT recsql.refresh_neighbors(5)").fetchone()[0] == 5
+        row = other.execute("SELECT recsql.refresh_neighbors(5)").fetchone()
+        assert row is not None
+        assert row[0] == 5
         assert conn.execute("SELECT recsql.refresh_neighbors(5) AS n").fetchone()["n"] == 5
         with pytest.raises(psycopg.errors.LockNotAvailable):
             conn.execute("SELECT recsql.fold_pairs()")

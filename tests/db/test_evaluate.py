@@ -194,6 +194,7 @@ def test_readers_never_fail_nor_see_a_mix_while_promoting(shop, conn):
                         " (SELECT weight FROM recsql.event_types WHERE name = 'purchase'),"
                         " (SELECT count(*) FROM recsql.recommend('u3', 5))"
                     ).fetchone()
+                    assert row is not None
                     seen.add(row[:3])
                 except psycopg.Error as exc:  # any failure is what this test is about
                     errors.append(exc)

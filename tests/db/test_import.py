@@ -45,10 +45,11 @@ def items(conn: Any, path: Path, *, skip_invalid: bool = False, fmt: str | None 
 
 
 def stored_events(conn: Any) -> list[dict[str, Any]]:
-    return conn.execute(
+    rows: list[dict[str, Any]] = conn.execute(
         "SELECT event_id, user_id, item_id, event_type, value, ts, session_id, properties"
         " FROM recsql.events ORDER BY seq"
     ).fetchall()
+    return rows
 
 
 def event_count(conn: Any) -> int:

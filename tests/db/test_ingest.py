@@ -55,7 +55,9 @@ def test_future_timestamp_rejected_with_hint(conn):
             (future,),
         )
     assert "in the future" in str(info.value)
-    assert info.value.diag.message_hint.startswith("Send the time the event happened")
+    hint = info.value.diag.message_hint
+    assert hint is not None
+    assert hint.startswith("Send the time the event happened")
     assert counts(conn)["events"] == 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,12 +21,12 @@ def _in(schema: str, query: str) -> sql.Composed:
     return sql.SQL(query).format(s=sql.Identifier(schema))
 
 
-def _digest(conn, schema: str = "recsql") -> list[tuple]:
+def _digest(conn, schema: str = "recsql") -> list[tuple[Any, ...]]:
     rows = conn.execute(_in(schema, "SELECT * FROM {s}.state_digest() ORDER BY 1")).fetchall()
     return [tuple(r.values()) for r in rows]
 
 
-def _rebuilt_digest(conn, schema: str) -> list[tuple]:
+def _rebuilt_digest(conn, schema: str) -> list[tuple[Any, ...]]:
     """The digest after rebuilding that state from the log, in a transaction rolled back after."""
     conn.execute("BEGIN")
     try:
@@ -225,6 +226,7 @@ def test_readers_never_fail_while_states_swap(shop, db_url):
                         " (SELECT count(*) FROM recsql.similar_items('i1', 5)),"
                         " (SELECT count(*) FROM recsql.item_neighbors WHERE item_id = 'i1')"
                     ).fetchone()
+                    assert row is not None
                     seen.add(row[:2])
                     assert row[2] == 5 and row[3] == 5
                 except (psycopg.Error, AssertionError) as exc:

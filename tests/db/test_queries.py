@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -146,7 +147,7 @@ def test_folder_makes_new_pairs_visible_within_a_second(db_url, shop):
         folder.stop()
 
 
-def _scans_of(plan: dict, index: str) -> list[dict]:
+def _scans_of(plan: dict[str, Any], index: str) -> list[dict[str, Any]]:
     found = [plan] if plan.get("Index Name") == index else []
     for child in plan.get("Plans", []):
         found += _scans_of(child, index)

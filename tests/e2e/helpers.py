@@ -73,7 +73,7 @@ HOST_PAGE = """<!doctype html>
 """
 
 
-@Request.application  # type: ignore[misc]
+@Request.application
 def host_pages(request: Request) -> Response:
     """A host page that loads the tracker from ``?api=<origin>`` (or its own origin)."""
     return Response(HOST_PAGE, mimetype="text/html")
@@ -179,7 +179,9 @@ def events_of(conn: Conn, user_id: str) -> list[dict[str, Any]]:
 
 
 def count_events(conn: Conn) -> int:
-    return int(conn.execute("SELECT count(*) AS n FROM recsql.events").fetchone()["n"])
+    row = conn.execute("SELECT count(*) AS n FROM recsql.events").fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -128,9 +128,9 @@ def test_a_live_model_state_follows_the_last_migration_up_and_down(server_url):
                 "INSERT INTO recsql.models (name, params) VALUES ('wide', recsql.check_params('{\"cooc_window\": 30}'))"
             )
             conn.execute("CALL recsql.build_model_state('wide')")
-            schema = conn.execute(
-                "SELECT schema_name FROM recsql.model_states WHERE model = 'wide'"
-            ).fetchone()[0]
+            row = conn.execute("SELECT schema_name FROM recsql.model_states WHERE model = 'wide'").fetchone()
+            assert row is not None
+            schema = row[0]
         migrate.upgrade(url)
         with psycopg.connect(url, autocommit=True) as conn:
             _state_copies_are_current(conn, schema)

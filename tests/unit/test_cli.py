@@ -64,3 +64,25 @@ def test_json_output_and_empty_table(capsys):
     assert '"item_id": "a"' in capsys.readouterr().out
     _print_rows([], "table")
     assert capsys.readouterr().out == "(no results)\n"
+
+
+def test_worker_refresh_is_passed_to_the_folder_and_checked(monkeypatch):
+    import recsql.worker
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def folder(**kwargs: object) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(recsql.worker, "Folder", folder)
+    result = CliRunner().invoke(main, ["worker", "--refresh", "2"])
+    assert isinstance(result.exception, Stop)
+    assert seen["refresh_s"] == 2.0
+    bad = CliRunner().invoke(main, ["worker", "--refresh", "-1"])
+    assert bad.exit_code == 2
+    assert "--refresh" in bad.output
+    assert not isinstance(bad.exception, Stop)

@@ -67,7 +67,8 @@ def test_fold_in_reproduces_fitted_vectors():
     fitted = behavior.fit(a, b, n, dim=6)
     meta = json.loads(json.dumps(fitted.meta()))  # as stored in jsonb
     for i, key in enumerate(fitted.item_keys):
-        folded = behavior.fold_in(*row_of(int(key), a, b, n, fitted), meta)
+        partners, counts, vectors, sums = row_of(int(key), a, b, n, fitted)
+        folded = behavior.fold_in(partners, counts, vectors, sums, meta)
         assert folded is not None
         assert folded.shape == (6,)
         assert folded.dtype == np.float32
@@ -210,7 +211,8 @@ def test_tiny_input_pads_to_the_requested_dimension():
 )
 def test_fit_rejects_bad_input(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        behavior.fit(*(np.array(x) for x in args), **kwargs)
+        item_a, item_b, n = (np.array(x) for x in args)
+        behavior.fit(item_a, item_b, n, **kwargs)
 
 
 def test_fold_in_rejects_bad_input():

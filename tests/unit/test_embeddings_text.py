@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -70,14 +71,14 @@ def test_importing_the_module_does_not_import_torch():
 
 
 def test_missing_extra_gives_a_clear_reason_and_error(monkeypatch: pytest.MonkeyPatch):
-    real_import = text.importlib.import_module
+    real_import = importlib.import_module
 
     def fake_import(name: str, package: str | None = None) -> object:
         if name == "torch":
             raise ImportError("No module named 'torch'")
         return real_import(name, package)
 
-    monkeypatch.setattr(text.importlib, "import_module", fake_import)
+    monkeypatch.setattr(importlib, "import_module", fake_import)
     reason = text.unavailable_reason.__wrapped__()
     assert reason is not None
     assert reason.startswith("the text space is disabled: install it with pip install 'recsql[text]'")

@@ -1,6 +1,9 @@
-"""The worker's lanes: how many lists a refresh round takes."""
+"""The worker's lanes: how many lists a refresh round takes, and when a lane wakes."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
@@ -37,3 +40,55 @@ def test_refresh_rounds_grow_once_caught_up(due: int, caught_up: bool, expected:
     conn = DueLists(due)
     assert folder._lists_round(conn, caught_up) == expected  # type: ignore[arg-type]
     assert conn.asked == int(caught_up)
+
+
+def _pause_in_thread(folder: Folder, wake: threading.Event | None) -> threading.Thread:
+    paused = threading.Thread(target=folder._pause, args=(True, time.perf_counter(), wake), daemon=True)
+    paused.start()
+    return paused
+
+
+def test_a_fold_wakes_the_list_lane_before_its_next_round() -> None:
+    """The list lane waits out a busy round only until the fold lane queues pairs: freshness is not
+    one list-lane round longer than it has to be."""
+    folder = Folder(round_s=30.0)
+    paused = _pause_in_thread(folder, folder._queued)
+    time.sleep(0.1)
+    assert paused.is_alive()  # waiting out its round
+    folder._queued.set()  # what the fold lane does after a fold
+    paused.join(timeout=5)
+    assert not paused.is_alive()
+
+
+def test_stop_wakes_a_lane_waiting_for_pairs() -> None:
+    folder = Folder(round_s=30.0)
+    paused = _pause_in_thread(folder, folder._queued)
+    folder.stop()
+    paused.join(timeout=5)
+    assert not paused.is_alive()
+
+
+def test_the_fold_lane_pauses_for_its_round_without_a_wake() -> None:
+    folder = Folder(round_s=0.3)
+    started = time.perf_counter()
+    folder._queued.set()  # a wake meant for the list lane does not cut the fold lane's round short
+    folder._pause(True, started)
+    assert time.perf_counter() - started >= 0.29
+
+
+@pytest.mark.parametrize(
+    ("since", "paired", "backlog", "due"),
+    [
+        (0.0, 0, False, True),  # no new pairs: refresh what is due at once
+        (0.24, 120, False, True),  # the next round, woken a little early by the fold lane
+        (0.1, 120, False, False),  # a round woken soon after a refresh: the lists wait for the next
+        (5.0, 120, True, False),  # behind a backlog the next pairs would mark the lists again
+        (0.0, 0, True, False),
+        (9.9, 120, True, True),  # but not for longer than backlog_refresh_s
+    ],
+)
+def test_lists_are_refreshed_every_round_under_steady_traffic(
+    since: float, paired: int, backlog: bool, due: bool
+) -> None:
+    folder = Folder()  # the defaults: rounds of 0.25 s, lists refreshed every round
+    assert folder._refresh_due(since, paired, backlog) is due

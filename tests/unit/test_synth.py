@@ -57,7 +57,7 @@ def test_sessions_follow_the_funnel_in_time_order():
     sessions = defaultdict(list)
     for e in _events():
         sessions[e.session_id].append(e)
-    kinds = Counter()
+    kinds: Counter[str] = Counter()
     for evs in sessions.values():
         assert len({e.user_id for e in evs}) == 1
         assert all(a.ts < b.ts for a, b in itertools.pairwise(evs))

@@ -119,8 +119,9 @@ def test_cli_creates_lists_and_revokes_keys(db_url, monkeypatch, conn):
     )
     assert created.exit_code == 0, created.output
     key = created.stdout.strip().splitlines()[-1]
-    assert keys.parse(key) is not None
-    key_id = keys.parse(key)[1]
+    parsed = keys.parse(key)
+    assert parsed is not None
+    key_id = parsed[1]
     listed = runner.invoke(cli.main, ["keys", "list", "--format", "json"])
     assert key_id in listed.stdout and key not in listed.stdout
     assert conn.execute("SELECT allowed_origins FROM recsql.api_keys").fetchone()["allowed_origins"] == [

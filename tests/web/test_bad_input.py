@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,7 +15,7 @@ from tests.conftest import create_database, drop_database
 from tests.web.conftest import bearer
 from web import create_app, pool
 
-OK = {"eventType": "view", "productId": "p1", "userId": "u1"}
+OK: dict[str, Any] = {"eventType": "view", "productId": "p1", "userId": "u1"}
 JSON = "application/json"
 
 
@@ -26,8 +27,10 @@ def _state(conn):
     ).fetchone()
 
 
-CASES = [
-    # (name, method, path, body (str or JSON-able), content type, scope, status, code)
+# (name, method, path, body (str, bytes, None or JSON-able), content type, scope, status, code)
+Case = tuple[str, str, str, Any, str | None, str, int, str]
+
+CASES: list[Case] = [
     ("invalid json", "POST", "/track-event", "{eventType: view", JSON, "track", 400, "invalid_json"),
     ("empty body", "POST", "/track-event", "", JSON, "track", 400, "empty_body"),
     ("not utf-8", "POST", "/track-event", b"\xff\xfe{}", JSON, "track", 400, "invalid_encoding"),
