@@ -448,6 +448,9 @@ def main() -> None:
         "--worker-lanes", type=int, choices=(1, 2), default=2, help="recsql worker --lanes (default 2)."
     )
     parser.add_argument(
+        "--worker-refresh", type=float, default=None, help="recsql worker --refresh (default: the worker's)."
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=120,
@@ -524,7 +527,8 @@ def main() -> None:
         if args.with_worker:
             worker = stack.enter_context(
                 process(
-                    [str(BIN / "recsql"), "worker", "--lanes", str(args.worker_lanes)],
+                    [str(BIN / "recsql"), "worker", "--lanes", str(args.worker_lanes)]
+                    + ([] if args.worker_refresh is None else ["--refresh", str(args.worker_refresh)]),
                     url,
                     tmp / "worker.log",
                 )

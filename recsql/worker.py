@@ -78,7 +78,7 @@ class Folder(Loop):
         *,
         idle_s: float = 0.1,
         round_s: float = 0.25,
-        refresh_s: float = 0.25,
+        refresh_s: float = 0.5,
         backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
         fold_slice: int = 250_000,
@@ -223,7 +223,7 @@ class Folder(Loop):
         that did: at once when no pairs came (and no backlog waits), else every refresh_s (every
         backlog_refresh_s behind a backlog). Rounds start when a fold wakes the lane, so they come
         about round_s apart, some a little sooner: without half a round's slack, a refresh due every
-        round would wait for every second one."""
+        second round would often wait for the third."""
         if paired == 0 and not backlog:
             return True
         every = self.backlog_refresh_s if backlog else self.refresh_s
@@ -270,8 +270,9 @@ class Folder(Loop):
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the
-            # work once for several rounds' events; the default, a round, keeps lists within a
-            # second of the events. Behind a backlog (adding the pairs took longer than
+            # work once for several rounds' events; the default, two rounds, keeps lists within a
+            # second of the events (every round would cost the HTTP track path a tenth of its
+            # throughput; once a second missed the second). Behind a backlog (adding the pairs took longer than
             # BACKLOG_PAIRS_S, or a bulk of events waits for the fold lane), the next drains mark
             # most lists again: they wait until it is worked off, or at most backlog_refresh_s.
             backlog = paired_at - started >= BACKLOG_PAIRS_S or self._events_pending(conn) >= BACKLOG_EVENTS

@@ -80,15 +80,21 @@ def test_the_fold_lane_pauses_for_its_round_without_a_wake() -> None:
     ("since", "paired", "backlog", "due"),
     [
         (0.0, 0, False, True),  # no new pairs: refresh what is due at once
-        (0.24, 120, False, True),  # the next round, woken a little early by the fold lane
-        (0.1, 120, False, False),  # a round woken soon after a refresh: the lists wait for the next
+        (0.49, 120, False, True),  # two rounds on, the second woken a little early by the fold lane
+        (0.24, 120, False, False),  # one round on: the lists wait for the next
         (5.0, 120, True, False),  # behind a backlog the next pairs would mark the lists again
         (0.0, 0, True, False),
         (9.9, 120, True, True),  # but not for longer than backlog_refresh_s
     ],
 )
-def test_lists_are_refreshed_every_round_under_steady_traffic(
+def test_lists_are_refreshed_every_second_round_under_steady_traffic(
     since: float, paired: int, backlog: bool, due: bool
 ) -> None:
-    folder = Folder()  # the defaults: rounds of 0.25 s, lists refreshed every round
+    folder = Folder()  # the defaults: rounds of 0.25 s, lists refreshed every 0.5 s
     assert folder._refresh_due(since, paired, backlog) is due
+
+
+def test_a_refresh_due_every_round_tolerates_early_rounds() -> None:
+    folder = Folder(refresh_s=0.25)
+    assert folder._refresh_due(0.2, 120, False)
+    assert not folder._refresh_due(0.1, 120, False)
