@@ -42,10 +42,17 @@ def exists(server: str, name: str = BENCH_DB) -> bool:
         return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+def drop(server: str, *names: str) -> None:
+    """Drop databases ``names`` on the server if they exist, ending their sessions."""
+    with psycopg.connect(database_url(server, "postgres"), autocommit=True) as admin:
+        for name in names:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def create_fresh(server: str, name: str = BENCH_DB) -> str:
     """Drop and create database ``name``, migrate it to head and return its URL."""
+    drop(server, name)
     with psycopg.connect(database_url(server, "postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = database_url(server, name)
     migrate.upgrade(url)

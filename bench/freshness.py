@@ -1,7 +1,7 @@
 """Freshness under steady traffic: how long after its commit an event shows in derived state.
 
 A probe user views two items that exist only for that probe, in one transaction. From the commit
-on, the bench polls (every few milliseconds, all probes in flight in one query) until
+on, the bench polls (every 10 ms, all probes in flight in one query) until
 
 * **folded**: the fold counted the events (the second item has statistics: `trending()`,
   popularity and item counts see it), and
@@ -10,8 +10,7 @@ on, the bench polls (every few milliseconds, all probes in flight in one query) 
 
 Meanwhile writer threads send the synthetic shop's events at a steady rate (live timestamps, a
 statement every 50 ms per writer), and `recsql worker`'s folder runs in a process of its own with
-its default settings. Each rate runs for --seconds after the folder has caught up with the one
-before. A user's own events need no probe: `recommend()` reads them from the log at commit.
+its default settings. Each rate runs for --seconds, starting from a flushed state. A user's own events need no probe: `recommend()` reads them from the log at commit.
 
     python bench/freshness.py                       # rates 0, 100, 1000 and 3000 events/s
     python bench/freshness.py --rates 0 500 --seconds 10
@@ -32,7 +31,6 @@ from typing import Any
 import benchdb
 import ingest
 import psycopg
-from psycopg import sql
 
 from recsql import api, db, load, synth
 
@@ -116,10 +114,10 @@ class Traffic:
 
 
 class Probes:
-    """Probe transactions sent every ``every`` seconds; their lags measured by polling."""
+    """Probe transactions (sent by the caller, on its schedule) and their lags, measured by polling."""
 
-    def __init__(self, url: str, tag: str) -> None:
-        self.url, self.tag = url, tag
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
         self.sent = 0
         # (first item, second item, committed at, folded at, listed at)
         self.flight: list[list[Any]] = []
@@ -191,7 +189,7 @@ def phase(url: str, stream: list[synth.Event], rate: float, args: argparse.Names
 
 
 def _probe(url: str, stream: list[synth.Event], rate: float, args: argparse.Namespace) -> dict[str, Any]:
-    probes = Probes(url, uuid.uuid4().hex[:6])
+    probes = Probes(uuid.uuid4().hex[:6])
     rng = random.Random(args.seed)
     traffic = Traffic(url, stream, rate, args.writers) if rate > 0 else None
     pending: list[int] = []
@@ -304,8 +302,7 @@ def main() -> None:
                 phases.append(phase(url, traffic, rate, args))
         results = {"machine": machine, "args": vars(args), "phases": phases}
     finally:
-        with psycopg.connect(benchdb.database_url(server, "postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(FRESH_DB)))
+        benchdb.drop(server, FRESH_DB)
     path = benchdb.save(args.out, results)
     print(f"saved {path}")
 

@@ -234,10 +234,7 @@ def streaming_load(
             folds = folder.stop()
             rounds = folder.list_rounds
     finally:
-        with psycopg.connect(benchdb.database_url(server, "postgres"), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(STREAM_DB))
-            )
+        benchdb.drop(server, STREAM_DB)
     log(
         f"  streaming: {n_events:,} events maintained in {wall:.1f} s ({n_events / wall:,.0f}/s,"
         f" ratio {raw_s / wall:.3f} to raw COPY at {n_events / raw_s:,.0f}/s just before);"

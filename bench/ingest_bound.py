@@ -24,7 +24,6 @@ import time
 from typing import Any
 
 import benchdb
-import psycopg
 from ingest import EVENTS, RAW, SCRATCH, create_raw_table, log, render, timed_copy
 from psycopg import sql
 
@@ -126,9 +125,7 @@ def main() -> None:
         urls = fresh(server, shop)
         pair = side_by_side("maintained", urls, chunks)
     finally:
-        with psycopg.connect(benchdb.database_url(server, "postgres"), autocommit=True) as admin:
-            for name in NAMES:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        benchdb.drop(server, *NAMES)
     # Two loads of n events each, together: the machine maintains 2n events in the longer wall.
     floor_s = max(p["wall_s"] for p in pair) / 2
     results = {
