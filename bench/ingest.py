@@ -36,7 +36,7 @@ EVENTS = sql.Identifier("recsql", "events")
 SCRATCH = "bench_scratch"
 RAW = sql.Identifier(SCRATCH, "events_raw")
 # Exact derived state: equal to what recsql.rebuild() computes, to the last digit.
-DERIVED = ("user_item_events", "item_event_counts", "item_stats", "item_pairs")
+DERIVED = ("user_item_events", "item_event_counts", "item_stats", "item_pairs", "user_windows")
 # The serving index: lists scored with the item statistics of the moment they were refreshed.
 SERVING = ("neighbor_lists", "neighbor_dirty")
 STORED = ("events", "event_inbox", *DERIVED, *SERVING)

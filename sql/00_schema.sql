@@ -182,13 +182,30 @@ create table recsql.fold_state (
     cooc_horizon timestamptz,
     folded_events bigint not null default 0,
     last_fold_at timestamptz,
-    maintained_at timestamptz
+    maintained_at timestamptz,
+    windows_key text
 );
 
 insert into recsql.fold_state default values;
 
 comment on table recsql.fold_state is 'Every event with xid below horizon has been folded';
 comment on column recsql.fold_state.cooc_horizon is 'Pair formations by events with ts before this are expired (null: none)';
+comment on column recsql.fold_state.windows_key is
+    'The window settings recsql.user_windows was built with: when they change, it is emptied (see recsql._windows_key)';
+
+-- Each user's recent windows, as of the last folded event: what the next event pairs with. A cache
+-- of the log (rebuilt from it whenever missing), so that a fold reads one row per user instead of
+-- the user's last events and their items.
+create table recsql.user_windows (
+    user_id text constraint user_windows_pkey primary key,
+    items integer[] not null,
+    conversions integer[] not null
+);
+
+comment on table recsql.user_windows is
+    'Per user, the items of the last cooc_window pair-forming events and of the last purchase_window '
+    'conversions, oldest first: the windows the next event pairs with. Derived from the log; a user '
+    'with no row has their windows read from recsql.events';
 
 create table recsql.user_item_events (
     user_id text not null,

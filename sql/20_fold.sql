@@ -140,8 +140,11 @@ $$;
 
 comment on function recsql._restore_joins(text[]) is 'Puts back the join settings recsql._lookup_joins() changed';
 
--- Per-session scratch tables: the events being folded (ctx rows are earlier events that only
--- provide each user's window), pair deltas and new item users. Created once per session.
+-- Per-session scratch tables: the events being folded, their users' windows before them, pair
+-- deltas and new item users. Created once per session. Every transaction finds them empty (on commit
+-- delete rows), so they are truncated only when this transaction used them already (maintain() and
+-- forget_user() fold first): a truncate costs about half a millisecond per table, most of a small
+-- fold's fixed cost.
 create function recsql._batch_reset() returns void
 language plpgsql as $$
 begin
@@ -154,15 +157,14 @@ begin
             value double precision,
             ts timestamptz not null,
             xid xid8 not null,
-            seq bigint not null,
-            ctx boolean not null default false
+            seq bigint not null
         ) on commit delete rows;
         -- Analyzed every fold (see _batch_resolve_items) for row counts and distinct users: a sample
         -- of 3,000 rows tells the planner that, at a seventh of the default sample's cost.
         alter table recsql_batch
             alter user_id set statistics 10, alter item_id set statistics 10, alter item_key set statistics 10,
             alter event_type set statistics 10, alter value set statistics 10, alter ts set statistics 10,
-            alter xid set statistics 10, alter seq set statistics 10, alter ctx set statistics 10;
+            alter xid set statistics 10, alter seq set statistics 10;
         create temp table recsql_pair_delta (
             kind "char" not null,
             item_a integer not null,
@@ -173,9 +175,22 @@ begin
             item_key integer not null,
             n integer not null
         ) on commit delete rows;
-    else
+    elsif current_setting('recsql.batch_used', true) = 'on' then
         truncate pg_temp.recsql_batch, pg_temp.recsql_pair_delta, pg_temp.recsql_new_users;
     end if;
+    -- Apart: a session that folded before this table existed has the others already.
+    if to_regclass('pg_temp.recsql_windows') is null then
+        create temp table recsql_windows (
+            user_id text not null,
+            items integer[] not null,
+            conversions integer[] not null
+        ) on commit delete rows;
+        alter table recsql_windows
+            alter user_id set statistics 10, alter items set statistics 10, alter conversions set statistics 10;
+    elsif current_setting('recsql.batch_used', true) = 'on' then
+        truncate pg_temp.recsql_windows;
+    end if;
+    perform set_config('recsql.batch_used', 'on', true);
 end
 $$;
 
@@ -206,67 +221,119 @@ $$;
 
 comment on function recsql._batch_resolve_items() is 'Maps batch item ids to item keys; an unknown item is registered';
 
--- Adds, per user in the batch, the earlier events that fall inside the pair windows.
+-- What the window settings are: recsql.user_windows holds windows of these lengths over events of
+-- these kinds, and is emptied when they change.
+create function recsql._windows_key() returns text
+language sql stable as $$
+    select format('%s/%s/%s/%s', s.cooc_window, s.purchase_window,
+                  (select string_agg(t.name, ',' order by t.name) from recsql.event_types t where t.forms_pairs),
+                  (select string_agg(t.name, ',' order by t.name) from recsql.event_types t where t.is_conversion))
+    from recsql.settings s
+$$;
+
+comment on function recsql._windows_key() is
+    'The window lengths and pair-forming and conversion types that recsql.user_windows is valid for';
+
+-- Fills pg_temp.recsql_windows with each batch user's windows before their first batch event: their
+-- row of recsql.user_windows, or for a user without one (new, or the windows were emptied), their
+-- last events from the log.
 create function recsql._batch_add_context() returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_key text := recsql._windows_key();
+    v_joins text[];
+begin
+    select * into v_settings from recsql.settings;
+    -- Windows kept under other settings would pair events wrongly: they are read from the log again.
+    if (select f.windows_key from recsql.fold_state f) is distinct from v_key then
+        truncate recsql.user_windows;
+        update recsql.fold_state set windows_key = v_key;
+    end if;
+    if not exists (select 1 from pg_temp.recsql_batch offset 1000) then
+        -- A trickle: each user's windows by key, not a hash of every user's.
+        v_joins := recsql._lookup_joins();
+    end if;
+
+    insert into pg_temp.recsql_windows (user_id, items, conversions)
+    select w.user_id, w.items, w.conversions
+    from recsql.user_windows w
+    where w.user_id in (select b.user_id from pg_temp.recsql_batch b);
+
+    insert into pg_temp.recsql_windows (user_id, items, conversions)
+    select f.user_id,
+           coalesce((
+               select array_agg(c.item_key order by c.xid, c.seq)
+               from (select i.item_key, e.xid, e.seq
+                     from recsql.events e
+                     join recsql.event_types t on t.name = e.event_type
+                     join recsql.items i on i.item_id = e.item_id
+                     where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.forms_pairs
+                     order by e.xid desc, e.seq desc
+                     limit v_settings.cooc_window) c), '{}'),
+           coalesce((
+               select array_agg(c.item_key order by c.xid, c.seq)
+               from (select i.item_key, e.xid, e.seq
+                     from recsql.events e
+                     join recsql.event_types t on t.name = e.event_type
+                     join recsql.items i on i.item_id = e.item_id
+                     where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.is_conversion
+                     order by e.xid desc, e.seq desc
+                     limit v_settings.purchase_window) c), '{}')
+    from (
+        -- Grouped by user id bytes (collate "C"): the same groups as any deterministic collation, at
+        -- the cost of memcmp instead of strcoll.
+        select distinct on (b.user_id collate "C") b.user_id, b.xid, b.seq
+        from pg_temp.recsql_batch b
+        where not exists (select 1 from pg_temp.recsql_windows w where w.user_id = b.user_id)
+        order by b.user_id collate "C", b.xid, b.seq
+    ) f;
+    if v_joins is null then
+        -- Row counts for the pair step's join, which would otherwise sort both sides to merge them.
+        analyze pg_temp.recsql_windows;
+    end if;
+    perform recsql._restore_joins(v_joins);
+end
+$$;
+
+comment on function recsql._batch_add_context() is
+    'Loads each batch user''s windows before the batch (recsql.user_windows, else the log) so pairs formed '
+    'across fold boundaries are counted';
+
+-- Stores each batch user's windows after the batch: their windows before it (none in a rebuild)
+-- followed by their batch events, the last cooc_window and purchase_window of them.
+create function recsql._save_windows() returns void
 language plpgsql as $$
 declare
     v_settings recsql.settings;
 begin
     select * into v_settings from recsql.settings;
-
-    insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq, ctx)
-    with firsts as (
-        -- Grouped by user id bytes (collate "C"): the same groups as any deterministic collation, at
-        -- the cost of memcmp instead of strcoll.
-        select distinct on (b.user_id collate "C") b.user_id, b.xid, b.seq
+    insert into recsql.user_windows as u (user_id, items, conversions)
+    select b.user_id,
+           coalesce((w.items || b.items)[greatest(coalesce(cardinality(w.items), 0)
+                                                  + coalesce(cardinality(b.items), 0)
+                                                  - v_settings.cooc_window + 1, 1):], '{}'),
+           coalesce((w.conversions || b.conversions)[greatest(coalesce(cardinality(w.conversions), 0)
+                                                              + coalesce(cardinality(b.conversions), 0)
+                                                              - v_settings.purchase_window + 1, 1):], '{}')
+    from (
+        select b.user_id collate "C" as user_id,
+               array_agg(b.item_key order by b.xid, b.seq) filter (where t.forms_pairs) as items,
+               array_agg(b.item_key order by b.xid, b.seq) filter (where t.is_conversion) as conversions
         from pg_temp.recsql_batch b
-        where not b.ctx
-        order by b.user_id collate "C", b.xid, b.seq
-    ), converting as (
-        -- Only a conversion forms bought-together pairs, so only converting users need that window.
-        select f.*
-        from firsts f
-        where f.user_id in (
-            select b.user_id
-            from pg_temp.recsql_batch b
-            join recsql.event_types t on t.name = b.event_type
-            where not b.ctx and t.is_conversion)
-    ), earlier as (
-        select c.*
-        from firsts f
-        cross join lateral (
-            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
-            from recsql.events e
-            join recsql.event_types t on t.name = e.event_type
-            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.forms_pairs
-            order by e.xid desc, e.seq desc
-            limit v_settings.cooc_window
-        ) c
-        union all
-        select c.*
-        from converting f
-        cross join lateral (
-            select e.user_id, e.item_id, e.event_type, e.value, e.ts, e.xid, e.seq
-            from recsql.events e
-            join recsql.event_types t on t.name = e.event_type
-            where e.user_id = f.user_id and (e.xid, e.seq) < (f.xid, f.seq) and t.is_conversion
-            order by e.xid desc, e.seq desc
-            limit v_settings.purchase_window
-        ) c
-    )
-    -- A conversion can be in both windows: kept once, by its seq (a sort of one bigint, not a
-    -- union's sort of every column).
-    select distinct on (x.seq) x.user_id, x.item_id, i.item_key, x.event_type, x.value, x.ts, x.xid, x.seq, true
-    from earlier x
-    join recsql.items i on i.item_id = x.item_id
-    order by x.seq;
+        join recsql.event_types t on t.name = b.event_type
+        group by 1
+    ) b
+    left join pg_temp.recsql_windows w on w.user_id = b.user_id
+    order by 1
+    on conflict (user_id) do update set items = excluded.items, conversions = excluded.conversions;
 end
 $$;
 
-comment on function recsql._batch_add_context() is
-    'Loads each batch user''s previous window events so pairs formed across fold boundaries are counted';
+comment on function recsql._save_windows() is
+    'Stores each batch user''s windows after the batch in recsql.user_windows';
 
--- The pair formations of the batch's non-context events whose ts lies in [p_from, p_to), as count
+-- The pair formations of the batch's events whose ts lies in [p_from, p_to), as count
 -- deltas (times p_sign: 1 adds, -1 removes) in pg_temp.recsql_pair_delta; returns how many rows.
 -- kind v: pair-forming events, window cooc_window; kind p: conversions, window purchase_window. An event forms a pair with each distinct item among the
 -- user's previous N events of that kind, unless its own item is among them (no inflation by repeats).
@@ -278,32 +345,47 @@ declare
 begin
     select * into v_settings from recsql.settings;
 
-    truncate pg_temp.recsql_pair_delta;
+    delete from pg_temp.recsql_pair_delta;  -- empty but for a drain earlier in this transaction
 
     insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
-    -- Partitioned by user id bytes (collate "C"): the same partitions, sorted with memcmp.
+    -- An event's window: the user's window before the batch (pg_temp.recsql_windows; none when the
+    -- batch holds the user's whole history), then their earlier batch events; the last N of them.
+    -- Only a user's first N events of a kind need the window before the batch: joined after the
+    -- window function, so that its sort does not carry the arrays. Partitioned by user id bytes
+    -- (collate "C"): the same partitions, sorted with memcmp.
     with windowed as (
-        select 'v'::"char" as kind, b.seq, b.item_key, b.ts, b.ctx,
-               array_agg(b.item_key) over (
-                   partition by b.user_id collate "C" order by b.xid, b.seq
-                   rows between v_settings.cooc_window preceding and 1 preceding) as prev
-        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        select 'v'::"char" as kind, b.user_id, b.item_key, b.ts, v_settings.cooc_window as size,
+               array_agg(b.item_key) over w as prev, row_number() over w as place
+        from pg_temp.recsql_batch b
+        join recsql.event_types t on t.name = b.event_type
         where t.forms_pairs
+        window w as (partition by b.user_id collate "C" order by b.xid, b.seq
+                     rows between v_settings.cooc_window preceding and 1 preceding)
         union all
-        select 'p'::"char", b.seq, b.item_key, b.ts, b.ctx,
-               array_agg(b.item_key) over (
-                   partition by b.user_id collate "C" order by b.xid, b.seq
-                   rows between v_settings.purchase_window preceding and 1 preceding)
-        from pg_temp.recsql_batch b join recsql.event_types t on t.name = b.event_type
+        select 'p'::"char", b.user_id, b.item_key, b.ts, v_settings.purchase_window,
+               array_agg(b.item_key) over w, row_number() over w
+        from pg_temp.recsql_batch b
+        join recsql.event_types t on t.name = b.event_type
         where t.is_conversion
+        window w as (partition by b.user_id collate "C" order by b.xid, b.seq
+                     rows between v_settings.purchase_window preceding and 1 preceding)
+    ), windows as (
+        select w.kind, w.item_key,
+               case when w.place <= w.size and u.user_id is not null then
+                   ((case w.kind when 'v' then u.items else u.conversions end) || w.prev)[
+                       greatest(cardinality(case w.kind when 'v' then u.items else u.conversions end)
+                                + coalesce(cardinality(w.prev), 0) - w.size + 1, 1):]
+                   else w.prev end as prev
+        from windowed w
+        left join pg_temp.recsql_windows u on u.user_id = w.user_id and w.place <= w.size
+        where w.ts >= p_from and w.ts < p_to
     ), formed as (
         -- An item seen twice in the window pairs once with the event: only its last place counts.
         -- (A check of the rest of a 10-item array, not a distinct over every formation.)
         select w.kind, w.item_key as a, x.b
-        from windowed w
+        from windows w
         cross join lateral unnest(w.prev) with ordinality as x(b, i)
-        where not w.ctx and w.ts >= p_from and w.ts < p_to and w.item_key <> all (w.prev)
-          and x.b <> all (w.prev[x.i + 1:])
+        where w.item_key <> all (w.prev) and x.b <> all (w.prev[x.i + 1:])
     )
     -- A pair is stored once, under (smaller key, larger key): both items' lists read it.
     select kind, least(a, b), greatest(a, b), p_sign * count(*)::integer
@@ -441,7 +523,7 @@ $$;
 comment on function recsql._merge_pair_delta(integer, bigint, boolean) is
     'Adds the pair count deltas of pg_temp.recsql_pair_delta to item_pairs and marks the lists they change';
 
--- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's non-context events
+-- Adds (p_sign = 1) or removes (p_sign = -1) the pair formations of the batch's events
 -- whose ts lies in [p_from, p_to), at once. The caller holds both locks.
 create function recsql._apply_pairs(p_sign integer, p_from timestamptz, p_to timestamptz) returns void
 language plpgsql as $$
@@ -532,7 +614,7 @@ comment on function recsql.fold_pairs(integer, boolean) is
     'marks changed lists; returns their events';
 
 
--- Adds the batch's non-context events to the per user/item/type statistics.
+-- Adds the batch's events to the per user/item/type statistics.
 create function recsql._apply_stats() returns void
 language plpgsql as $$
 declare
@@ -541,15 +623,15 @@ begin
     select * into v_settings from recsql.settings;
     if v_settings.decay_epoch is null then
         update recsql.settings
-        set decay_epoch = (select date_trunc('day', min(ts)) from pg_temp.recsql_batch where not ctx)
+        set decay_epoch = (select date_trunc('day', min(ts)) from pg_temp.recsql_batch)
         returning * into v_settings;
     end if;
 
     -- Items gaining a user: any (user, item) with no earlier event.
-    truncate pg_temp.recsql_new_users;
+    delete from pg_temp.recsql_new_users;  -- empty: a truncate would cost more
     insert into pg_temp.recsql_new_users (item_key, n)
     select u.item_key, count(*)
-    from (select distinct b.user_id, b.item_key from pg_temp.recsql_batch b where not b.ctx) u
+    from (select distinct b.user_id, b.item_key from pg_temp.recsql_batch b) u
     where not exists (
         select 1 from recsql.user_item_events x where x.user_id = u.user_id and x.item_key = u.item_key)
     group by u.item_key;
@@ -557,7 +639,6 @@ begin
     insert into recsql.user_item_events as x (user_id, item_key, event_type, n, value_sum, first_ts, last_ts)
     select b.user_id, b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0), min(b.ts), max(b.ts)
     from pg_temp.recsql_batch b
-    where not b.ctx
     group by b.user_id, b.item_key, b.event_type
     order by b.user_id, b.item_key, b.event_type
     on conflict (user_id, item_key, event_type) do update
@@ -569,7 +650,6 @@ begin
     insert into recsql.item_event_counts as c (item_key, event_type, n, value_sum)
     select b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0)
     from pg_temp.recsql_batch b
-    where not b.ctx
     group by b.item_key, b.event_type
     order by b.item_key, b.event_type
     on conflict (item_key, event_type) do update
@@ -582,7 +662,6 @@ begin
                sum(recsql._popularity(t.weight, b.ts, v_settings.decay_epoch, v_settings.trending_half_life)) as popularity
         from pg_temp.recsql_batch b
         join recsql.event_types t on t.name = b.event_type
-        where not b.ctx
         group by b.item_key
     ) e
     left join pg_temp.recsql_new_users nu on nu.item_key = e.item_key
@@ -702,6 +781,7 @@ begin
         perform recsql._apply_stats();
         select coalesce(cooc_horizon, '-infinity') into v_cooc_horizon from recsql.fold_state;
         v_deltas := recsql._pair_delta(1, v_cooc_horizon, 'infinity');
+        perform recsql._save_windows();
         if not defer_pairs then
             perform recsql._merge_pair_delta(1, v_deltas);
             v_paired := v_n;
@@ -809,7 +889,8 @@ begin
             users integer not null,
             partners integer[]
         ) on commit delete rows;
-    else
+    elsif current_setting('recsql.refresh_used', true) = 'on' then
+        -- Only when this transaction refreshed already (see _batch_reset).
         truncate pg_temp.recsql_refresh_picked;
     end if;
     if to_regclass('pg_temp.recsql_refresh') is null then
@@ -828,9 +909,10 @@ begin
             n integer not null,
             score double precision not null
         ) on commit delete rows;
-    else
+    elsif current_setting('recsql.refresh_used', true) = 'on' then
         truncate pg_temp.recsql_refresh, pg_temp.recsql_refresh_scored;
     end if;
+    perform set_config('recsql.refresh_used', 'on', true);
 
     -- The user count by a lookup per list: a hash of every item's statistics would cost more than
     -- the few lists of a round under steady traffic.
@@ -1078,8 +1160,9 @@ begin
     v_horizon := recsql._fold_horizon();
 
     truncate recsql.user_item_events, recsql.item_event_counts, recsql.item_stats, recsql.item_pairs,
-             recsql.pair_queue, recsql.neighbor_lists, recsql.neighbor_dirty;
+             recsql.pair_queue, recsql.neighbor_lists, recsql.neighbor_dirty, recsql.user_windows;
     delete from recsql.event_inbox where xid < v_horizon;
+    update recsql.fold_state set windows_key = recsql._windows_key();
 
     perform recsql._batch_reset();
     insert into pg_temp.recsql_batch (user_id, item_id, item_key, event_type, value, ts, xid, seq)
@@ -1094,6 +1177,7 @@ begin
         perform recsql._apply_stats();
         select coalesce(cooc_horizon, '-infinity') into v_cooc_horizon from recsql.fold_state;
         perform recsql._apply_pairs(1, v_cooc_horizon, 'infinity');
+        perform recsql._save_windows();
     end if;
 
     perform recsql.refresh_neighbors();
@@ -1151,6 +1235,7 @@ begin
     delete from recsql.item_stats where n_events <= 0;
 
     delete from recsql.user_item_events where user_id = any (p_ids);
+    delete from recsql.user_windows where user_id = any (p_ids);
     -- No list may keep a trace of the user.
     perform recsql.refresh_neighbors();
 end

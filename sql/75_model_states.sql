@@ -16,7 +16,7 @@
 create function recsql._state_tables() returns text[]
 language sql immutable parallel safe as $$
     select array['settings', 'fold_state', 'event_inbox', 'user_item_events', 'item_event_counts',
-                 'item_stats', 'item_pairs', 'pair_queue', 'neighbor_lists', 'neighbor_dirty']
+                 'item_stats', 'item_pairs', 'pair_queue', 'neighbor_lists', 'neighbor_dirty', 'user_windows']
 $$;
 
 comment on function recsql._state_tables() is 'Tables each model state has its own copy of; promotion swaps them';
@@ -25,7 +25,7 @@ create function recsql._state_functions() returns text[]
 language sql immutable parallel safe as $$
     select array[
         -- folding
-        '_batch_resolve_items', '_batch_add_context', '_pairs_lock_key', '_pair_part_lock_key', '_pair_delta',
+        '_batch_resolve_items', '_windows_key', '_batch_add_context', '_save_windows', '_pairs_lock_key', '_pair_part_lock_key', '_pair_delta',
         '_merge_pair_delta',
         '_apply_pairs', '_drain_pair_queue', '_apply_stats', 'fold', 'fold_pairs', 'refresh_neighbors', 'flush',
         'mark_all_neighbors', 'rebuild', '_forget_state', 'maintain', 'state_digest',

@@ -11,6 +11,8 @@ DERIVED = {
     "item_event_counts": "item_key, event_type",
     "item_stats": "item_key",
     "item_pairs": "kind, item_a, item_b",
+    # A cache of the log, but when present it must be exactly what the log says.
+    "user_windows": "user_id",
 }
 
 
@@ -24,7 +26,10 @@ def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
                     psycopg.sql.Identifier(table), psycopg.sql.SQL(key)
                 )
             )
-            out[table] = cur.fetchall()
+            # Arrays as tuples, so that rows stay hashable for the difference reported below.
+            out[table] = [
+                tuple(tuple(v) if isinstance(v, list) else v for v in row) for row in cur.fetchall()
+            ]
     return out
 
 
@@ -52,7 +57,7 @@ def reset(conn: psycopg.Connection[Any]) -> None:
         conn.execute("DELETE FROM recsql.events")
         conn.execute(
             "TRUNCATE recsql.event_inbox, recsql.user_item_events, recsql.item_event_counts,"
-            " recsql.item_stats, recsql.item_pairs, recsql.pair_queue"
+            " recsql.item_stats, recsql.item_pairs, recsql.pair_queue, recsql.user_windows"
         )
         conn.execute("DELETE FROM recsql.items")
         conn.execute("UPDATE recsql.fold_state SET cooc_horizon = NULL, folded_events = 0")

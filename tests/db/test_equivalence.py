@@ -286,16 +286,25 @@ def test_fold_boundaries_do_not_change_pairs(conn):
 
 
 def _reference_pairs(
-    stream: list[tuple[str, str, str]], kinds: dict[str, tuple[bool, bool]], window: int, purchase_window: int
+    stream: list[tuple[str, str, str]],
+    kinds: dict[str, tuple[bool, bool]],
+    window: int | list[int],
+    purchase_window: int | list[int],
+    history: dict[tuple[str, str], list[str]] | None = None,
 ) -> dict[tuple[str, str, str], int]:
     """Pair counts by the definition, in Python: in arrival order, each event pairs once with every
     distinct item among the user's previous ``window`` pair-forming events (kind v; conversions and
-    ``purchase_window`` for kind p), unless its own item is among them."""
+    ``purchase_window`` for kind p), unless its own item is among them. A window may be given per
+    event (settings changed along the stream); ``history`` receives every user's items by kind."""
     counts: dict[tuple[str, str, str], int] = {}
-    history: dict[tuple[str, str], list[str]] = {}
-    for user, item, event_type in stream:
+    history = {} if history is None else history
+    for k, (user, item, event_type) in enumerate(stream):
         forms, converts = kinds[event_type]
-        for kind, member, size in (("v", forms, window), ("p", converts, purchase_window)):
+        sizes = (
+            window if isinstance(window, int) else window[k],
+            purchase_window if isinstance(purchase_window, int) else purchase_window[k],
+        )
+        for kind, member, size in (("v", forms, sizes[0]), ("p", converts, sizes[1])):
             if not member:
                 continue
             seen = history.setdefault((kind, user), [])
@@ -306,6 +315,28 @@ def _reference_pairs(
                     counts[key] = counts.get(key, 0) + 1
             seen.append(item)
     return counts
+
+
+def _stored_pairs(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], int]:
+    rows = conn.execute(
+        "SELECT p.kind, a.item_id AS a, b.item_id AS b, p.n FROM recsql.item_pairs p"
+        " JOIN recsql.items a ON a.item_key = p.item_a JOIN recsql.items b ON b.item_key = p.item_b"
+    ).fetchall()
+    return {(r["kind"], min(r["a"], r["b"]), max(r["a"], r["b"])): r["n"] for r in rows}
+
+
+def _stored_windows(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], list[str]]:
+    """recsql.user_windows with item ids, by (kind, user); empty windows left out."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in conn.execute(
+        "SELECT w.user_id, k.kind, array(SELECT i.item_id FROM unnest(k.keys) WITH ORDINALITY x(key, pos)"
+        " JOIN recsql.items i ON i.item_key = x.key ORDER BY x.pos) AS items"
+        " FROM recsql.user_windows w"
+        " CROSS JOIN LATERAL (VALUES ('v', w.items), ('p', w.conversions)) k(kind, keys)"
+        " WHERE cardinality(k.keys) > 0"
+    ):
+        out[(r["kind"], r["user_id"])] = r["items"]
+    return out
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -340,12 +371,72 @@ def test_pairs_match_the_definition_with_repeats_in_the_window(conn, stream, win
         if k + 1 == cut:
             conn.execute("SELECT recsql.fold(defer_pairs => true)")
     conn.execute("SELECT recsql.flush()")
-    rows = conn.execute(
-        "SELECT p.kind, a.item_id AS a, b.item_id AS b, p.n FROM recsql.item_pairs p"
-        " JOIN recsql.items a ON a.item_key = p.item_a JOIN recsql.items b ON b.item_key = p.item_b"
-    ).fetchall()
-    stored = {(r["kind"], min(r["a"], r["b"]), max(r["a"], r["b"])): r["n"] for r in rows}
-    assert stored == _reference_pairs(stream, kinds, window, purchase_window)
+    history: dict[tuple[str, str], list[str]] = {}
+    assert _stored_pairs(conn) == _reference_pairs(stream, kinds, window, purchase_window, history)
+    # The windows the next events will pair with: each user's last items of each kind.
+    sizes = {"v": window, "p": purchase_window}
+    assert _stored_windows(conn) == {key: seen[-sizes[key[0]] :] for key, seen in history.items() if seen}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stream=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "u3"]),
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            st.sampled_from(["view", "click", "add_to_cart", "purchase"]),
+        ),
+        min_size=2,
+        max_size=30,
+    ),
+    before=st.tuples(st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=3)),
+    after=st.tuples(st.integers(min_value=1, max_value=6), st.integers(min_value=1, max_value=4)),
+    cut=st.integers(min_value=1, max_value=29),
+)
+def test_changed_windows_pair_later_events_with_the_new_length(conn, stream, before, after, cut):
+    """Windows kept per user (recsql.user_windows) were built with the old settings: after a change,
+    the next events pair over the new length of their user's history, read again from the log."""
+    reset(conn)
+    conn.execute("UPDATE recsql.settings SET cooc_window = %s, purchase_window = %s", before)
+    kinds = {
+        r["name"]: (r["forms_pairs"], r["is_conversion"])
+        for r in conn.execute("SELECT name, forms_pairs, is_conversion FROM recsql.event_types")
+    }
+    cut = min(cut, len(stream) - 1)
+    for k, (user, item, event_type) in enumerate(stream):
+        if k == cut:
+            conn.execute("SELECT recsql.flush()")
+            conn.execute("UPDATE recsql.settings SET cooc_window = %s, purchase_window = %s", after)
+        conn.execute("SELECT * FROM recsql.track(%s, %s, %s)", (user, item, event_type))
+    conn.execute("SELECT recsql.flush()")
+    windows = [before[0]] * cut + [after[0]] * (len(stream) - cut)
+    purchase_windows = [before[1]] * cut + [after[1]] * (len(stream) - cut)
+    assert _stored_pairs(conn) == _reference_pairs(stream, kinds, windows, purchase_windows)
+
+
+def test_windows_follow_event_type_changes_and_forgetting(conn):
+    """A type that stops forming pairs leaves the stored windows, which are read from the log again;
+    forgetting a user removes their windows."""
+    for item in ("a", "b", "c"):
+        conn.execute("SELECT * FROM recsql.track('u1', %s, 'view')", (item,))
+        conn.execute("SELECT * FROM recsql.track('u2', %s, 'view')", (item,))
+    conn.execute("SELECT * FROM recsql.track('u1', 'd', 'click')")
+    conn.execute("SELECT recsql.flush()")
+    assert _stored_windows(conn)[("v", "u1")] == ["a", "b", "c", "d"]
+
+    conn.execute("UPDATE recsql.event_types SET forms_pairs = false WHERE name = 'click'")
+    conn.execute("SELECT * FROM recsql.track('u1', 'e', 'view')")
+    conn.execute("SELECT recsql.flush()")
+    # e paired with a, b and c (views), not with d (a click, which no longer forms pairs).
+    pairs = _stored_pairs(conn)
+    assert {k for k in pairs if "e" in k[1:]} == {("v", "a", "e"), ("v", "b", "e"), ("v", "c", "e")}
+    assert ("v", "d", "e") not in pairs
+    assert _stored_windows(conn)[("v", "u1")] == ["a", "b", "c", "e"]
+    # u2 had no event since: its windows are read from the log when it has one.
+    assert ("v", "u2") not in _stored_windows(conn)
+
+    conn.execute("SELECT recsql.forget_user('u1')")
+    assert [k for k in _stored_windows(conn) if k[1] == "u1"] == []
 
 
 def test_repeated_views_do_not_inflate_pairs(conn):

@@ -63,11 +63,11 @@ def test_a_small_fold_reads_items_by_key(big_catalog):
     # A log whose statistics make a range of seqs look like hundreds of events...
     conn.execute(
         "INSERT INTO recsql.events (user_id, item_id, event_type)"
-        " SELECT 'v' || (g %% 997), 'i' || (1 + g %% %s), 'view' FROM generate_series(1, 20000) g",
+        " SELECT 'v' || (g %% 9973), 'i' || (1 + g %% %s), 'view' FROM generate_series(1, 20000) g",
         (CATALOG,),
     )
     api.fold(conn)
-    conn.execute("ANALYZE recsql.events")
+    conn.execute("ANALYZE recsql.events, recsql.user_windows")
     # ...and the inbox's statistics, always stale: here they remember a busy moment (500 queued
     # statements), which made the planner expect a large batch and hash every item.
     conn.execute(
@@ -78,13 +78,24 @@ def test_a_small_fold_reads_items_by_key(big_catalog):
     conn.execute("DELETE FROM recsql.event_inbox")
     api.track(conn, "u1", "i5", "view")
     api.track(conn, "u1", "i7", "view")
-    loading = [
-        p for p in _plans(conn, "SELECT recsql.fold(defer_pairs => true)") if "recsql_batch (user_id" in p
-    ]
+    api.track(conn, "v5", "i9", "view")  # a user with windows from the first fold
+    plans = _plans(conn, "SELECT recsql.fold(defer_pairs => true)")
+    loading = [p for p in plans if "recsql_batch (user_id" in p]
     assert loading, "the fold's batch insert was not seen"
     assert "Seq Scan on items" not in loading[0]
     assert "Index Scan using items_pkey on items" in loading[0]
-    assert conn.execute("SELECT folded_events FROM recsql.fold_status").fetchone()["folded_events"] == 20002
+    # Each user's windows by key too (migration 0014), not a hash of every user's.
+    windows = [p for p in plans if "from recsql.user_windows w" in p]
+    assert windows, "the fold's windows lookup was not seen"
+    assert "Seq Scan on user_windows" not in windows[0]
+    assert "user_windows_pkey" in windows[0]
+    assert conn.execute("SELECT folded_events FROM recsql.fold_status").fetchone()["folded_events"] == 20003
+    # v5's view of i9 paired with the items of its window from the first fold.
+    pairs = conn.execute(
+        "SELECT count(*) AS n FROM recsql.pair_queue q, unnest(q.items_a, q.items_b) p(a, b)"
+        " WHERE (SELECT item_key FROM recsql.items WHERE item_id = 'i9') IN (p.a, p.b)"
+    ).fetchone()
+    assert pairs is not None and pairs["n"] > 0
 
 
 def test_a_small_refresh_reads_statistics_and_lists_by_key(big_catalog):
