@@ -112,7 +112,8 @@ def pending(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     timed = Timed()
     timed.install()
-    folder = worker.Folder(url, lanes=args.lanes)
+    options = {} if args.refresh is None else {"refresh_s": args.refresh}
+    folder = worker.Folder(url, lanes=args.lanes, **options)
     folder.start_thread()
     try:
         with db.connection(url) as conn:
@@ -169,6 +170,7 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "folder_backend_cores": round(cpu / elapsed, 3),
         "folder_backend_ms_per_event": round(cpu / sent * 1000, 3),
         "lanes": args.lanes,
+        "folder_refresh_s": folder.refresh_s,
         "fold_s": round(timed.seconds["fold"], 2),
         "fold_pairs_s": round(timed.seconds["pairs"], 2),
         "refresh_s": round(timed.seconds["refresh"], 2),
@@ -192,6 +194,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--lanes", type=int, choices=(1, 2), default=2, help="folder sessions (default 2)")
+    parser.add_argument(
+        "--refresh", type=float, default=None, help="the folder's refresh_s (default: the worker's)"
+    )
     parser.add_argument("--out", default="folder_load.json")
     args = parser.parse_args()
 

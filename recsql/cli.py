@@ -328,7 +328,7 @@ def similar(item_id: str, k: int, bought_together: bool, method: str | None, fmt
 @click.option(
     "--refresh",
     type=click.FloatRange(min=0.0),
-    default=0.5,
+    default=0.25,
     show_default=True,
     help="While events keep coming, refresh changed neighbour lists at most this often (seconds): "
     "larger costs less CPU on popular lists and adds up to that much lag to similar_items().",

@@ -53,9 +53,9 @@ class Folder(Loop):
     """Folds events and refreshes neighbour lists in rounds: every ``round_s`` while there is work,
     every ``idle_s`` when there is none. While events keep coming, lists are refreshed at most
     every ``refresh_s`` (every ``backlog_refresh_s`` while a backlog is being worked off); as soon
-    as a round finds nothing new, at once. With the defaults a new pair shows in ``similar_items()``
-    within a second of its commit under steady traffic up to about 1,000 events/s on two cores
-    (``bench/freshness.py``; 98% at 3,000).
+    as a round finds nothing new, at once. With the defaults (every round) a new pair shows in
+    ``similar_items()`` within a second of its commit under steady traffic up to 3,000 events/s on
+    two cores (``bench/freshness.py``).
 
     With ``lanes=2`` (the default) the work runs in two sessions side by side, one core each: the
     fold lane folds events into counts and statistics and queues their pair counts
@@ -79,7 +79,7 @@ class Folder(Loop):
         *,
         idle_s: float = 0.1,
         round_s: float = 0.25,
-        refresh_s: float = 0.5,
+        refresh_s: float = 0.25,
         backlog_refresh_s: float = 10.0,
         lists_per_round: int = 5000,
         fold_slice: int = 250_000,
@@ -271,9 +271,9 @@ class Folder(Loop):
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the
-            # work once for several rounds' events; the default, two rounds, keeps lists within a
-            # second of the events (every round would cost the HTTP track path a tenth of its
-            # throughput; once a second missed the second). Behind a backlog (adding the pairs took longer than
+            # work once for several rounds' events. The default, every round, keeps lists within a
+            # second of the events at 3,000 events/s (every second round missed it for 2% there)
+            # for about 0.06 cores more at 1,000 events/s. Behind a backlog (adding the pairs took longer than
             # BACKLOG_PAIRS_S, or a bulk of events waits for the fold lane), the next drains mark
             # most lists again: they wait until it is worked off, or at most backlog_refresh_s.
             backlog = paired_at - started >= BACKLOG_PAIRS_S or self._events_pending(conn) >= BACKLOG_EVENTS
@@ -296,7 +296,9 @@ class Folder(Loop):
             n = api.fold(conn)
             folded_at = time.perf_counter()
             refreshed = 0
-            if n == 0 or started - last_refresh >= self.refresh_s:
+            # The two lanes' rule (with its slack), without their backlog test: here a refresh
+            # already waits for the fold before it.
+            if self._refresh_due(started - last_refresh, n, False):
                 refreshed = api.refresh_neighbors(conn, self._lists_round(conn, n == 0))
                 last_refresh = started
             if refreshed and self.on_lists is not None:

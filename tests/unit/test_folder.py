@@ -87,14 +87,16 @@ def test_the_fold_lane_pauses_for_its_round_without_a_wake() -> None:
         (9.9, 120, True, True),  # but not for longer than backlog_refresh_s
     ],
 )
-def test_lists_are_refreshed_every_second_round_under_steady_traffic(
+def test_lists_refreshed_every_second_round_wait_for_it_under_steady_traffic(
     since: float, paired: int, backlog: bool, due: bool
 ) -> None:
-    folder = Folder()  # the defaults: rounds of 0.25 s, lists refreshed every 0.5 s
+    folder = Folder(refresh_s=0.5)  # rounds of 0.25 s, lists refreshed every 0.5 s
     assert folder._refresh_due(since, paired, backlog) is due
 
 
-def test_a_refresh_due_every_round_tolerates_early_rounds() -> None:
-    folder = Folder(refresh_s=0.25)
+def test_by_default_lists_are_refreshed_every_round_even_a_little_early() -> None:
+    folder = Folder()  # rounds of 0.25 s, lists refreshed every round
+    assert folder.refresh_s == folder.round_s
     assert folder._refresh_due(0.2, 120, False)
     assert not folder._refresh_due(0.1, 120, False)
+    assert not folder._refresh_due(5.0, 120, True)  # behind a backlog they still wait
