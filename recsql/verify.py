@@ -23,6 +23,7 @@ TABLES = (
     "item_pairs",
     "neighbor_lists",
     "neighbor_dirty",
+    "user_windows",
 )
 FUNCTIONS = (
     "track",
@@ -102,8 +103,21 @@ def check(url: str, *, state: bool = False) -> Report:
 def _check_state(conn: psycopg.Connection[Any], report: Report) -> None:
     conn.execute("SELECT recsql.flush()")
     before = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT * FROM recsql.state_digest()")}
+    # The windows are a cache of the log: a missing row is read from it again, a stored one must be
+    # exactly what a rebuild computes.
+    conn.execute("CREATE TEMP TABLE verify_windows ON COMMIT DROP AS TABLE recsql.user_windows")
     conn.execute("SELECT recsql.rebuild()")
     after = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT * FROM recsql.state_digest()")}
+    stale = conn.execute(
+        "SELECT count(*) FROM (TABLE verify_windows EXCEPT ALL TABLE recsql.user_windows) d"
+    ).fetchone()
+    stored = conn.execute("SELECT count(*) FROM verify_windows").fetchone()
+    if stale and stale[0]:
+        report.problems.append(
+            f"recsql.user_windows has {stale[0]} row(s) a rebuild does not; run `recsql rebuild`"
+        )
+    elif stored:
+        report.notes.append(f"recsql.user_windows: {stored[0]:,} stored windows equal to a rebuild")
     for table, digest in before.items():
         if after.get(table) != digest:
             report.problems.append(
