@@ -36,6 +36,20 @@ def _rebuilt_digest(conn, schema: str) -> list[tuple[Any, ...]]:
         conn.execute("ROLLBACK")
 
 
+def _windows(conn, schema: str, rebuilt: bool = False) -> list[tuple[Any, ...]]:
+    """A state's user windows (recsql.user_windows), as stored or after a rebuild rolled back."""
+    if rebuilt:
+        conn.execute("BEGIN")
+    try:
+        if rebuilt:
+            conn.execute(_in(schema, "SELECT {s}.rebuild()"))
+        rows = conn.execute(_in(schema, "SELECT * FROM {s}.user_windows ORDER BY user_id")).fetchall()
+        return [(r["user_id"], tuple(r["items"]), tuple(r["conversions"])) for r in rows]
+    finally:
+        if rebuilt:
+            conn.execute("ROLLBACK")
+
+
 def _events(conn, n: int, seed: int, users: int = 40, items: int = 60) -> None:
     rng = random.Random(seed)
     kinds = ["view", "view", "view", "add_to_cart", "purchase", "click"]
@@ -87,6 +101,11 @@ def test_state_is_built_beside_the_active_one_and_fed_by_live_events(shop):
     api.flush(shop)
     assert _digest(shop) == _rebuilt_digest(shop, "recsql")
     assert _digest(shop, schema) == _rebuilt_digest(shop, schema)
+    # Each state keeps its users' windows at its own length (30 here, 10 for the active one).
+    windows = _windows(shop, schema)
+    assert windows == _windows(shop, schema, rebuilt=True)
+    assert max(len(w[1]) for w in windows) == 30
+    assert max(len(w[1]) for w in _windows(shop, "recsql")) == 10
     # The candidate answers from its own state.
     ours = shop.execute(_in(schema, "SELECT item_id FROM {s}.recommend('u1', 5)")).fetchall()
     assert len(ours) == 5
