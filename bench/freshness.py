@@ -12,7 +12,7 @@ Meanwhile writer threads send the synthetic shop's events at a steady rate (live
 statement every 50 ms per writer), and `recsql worker`'s folder runs in a process of its own with
 its default settings. Each rate runs for --seconds, starting from a flushed state. A user's own events need no probe: `recommend()` reads them from the log at commit.
 
-    python bench/freshness.py                       # rates 0, 100, 1000 and 3000 events/s
+    python bench/freshness.py                       # rates 0, 100, 1000, 3000 and 5000 events/s
     python bench/freshness.py --rates 0 500 --seconds 10
 
 Drops and creates the database recsql_bench_fresh (dropped again at the end) and saves
@@ -250,7 +250,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rates", type=float, nargs="+", default=[0, 100, 1000, 3000], help="Events/s.")
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[0, 100, 1000, 3000, 5000], help="Events/s."
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="Probing time per rate.")
     parser.add_argument(
         "--probe-every", type=float, default=0.25, help="Mean seconds between probes (jittered by +-50%%)."

@@ -100,3 +100,42 @@ def test_by_default_lists_are_refreshed_every_round_even_a_little_early() -> Non
     assert folder._refresh_due(0.2, 120, False)
     assert not folder._refresh_due(0.1, 120, False)
     assert not folder._refresh_due(5.0, 120, True)  # behind a backlog they still wait
+
+
+@pytest.mark.parametrize(
+    ("due", "own", "asked_help", "helper"),
+    [
+        (120, 5_000, False, 0),  # a small round: the list lane alone
+        (1_000, 500, True, 500),  # shared: half each, the fold lane asked for the other half
+        (1_001, 501, True, 500),
+        (9_000, 2_500, True, 2_500),  # never more than the round's lists
+    ],
+)
+def test_big_steady_refresh_rounds_are_shared_with_the_fold_lane(
+    due: int, own: int, asked_help: bool, helper: int
+) -> None:
+    folder = Folder(lists_per_round=5_000)
+    lists = folder._share_refresh(DueLists(due), 5_000)  # type: ignore[arg-type]
+    assert lists == own
+    assert folder._help.is_set() is asked_help
+    if asked_help:
+        assert folder._help_lists == helper
+        assert own + helper == min(due, 5_000)
+
+
+def test_a_request_for_help_wakes_the_fold_lane_between_folds() -> None:
+    folder = Folder(round_s=30.0)
+    paused = _pause_in_thread(folder, folder._help)
+    time.sleep(0.1)
+    assert paused.is_alive()
+    folder._share_refresh(DueLists(2_000), 5_000)  # type: ignore[arg-type]
+    paused.join(timeout=5)
+    assert not paused.is_alive()
+
+
+def test_stop_wakes_a_fold_lane_waiting_for_a_request_for_help() -> None:
+    folder = Folder(round_s=30.0)
+    paused = _pause_in_thread(folder, folder._help)
+    folder.stop()
+    paused.join(timeout=5)
+    assert not paused.is_alive()
