@@ -187,7 +187,9 @@ declare
 begin
     select * into v_settings from recsql.settings;
 
-    delete from pg_temp.recsql_pair_delta;  -- empty but for a drain earlier in this transaction
+    -- Empty after _batch_reset(), which every caller runs first: a delete of nothing costs less
+    -- than a truncate, and keeps a caller that did not from adding stale deltas.
+    delete from pg_temp.recsql_pair_delta;
 
     insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
     -- An event's window: the user's window before the batch (pg_temp.recsql_windows; none when the
@@ -213,13 +215,12 @@ begin
                      rows between v_settings.purchase_window preceding and 1 preceding)
     ), windows as (
         select w.kind, w.item_key,
-               case when w.place <= w.size and u.user_id is not null then
-                   ((case w.kind when 'v' then u.items else u.conversions end) || w.prev)[
-                       greatest(cardinality(case w.kind when 'v' then u.items else u.conversions end)
-                                + coalesce(cardinality(w.prev), 0) - w.size + 1, 1):]
-                   else w.prev end as prev
+               case when u.user_id is null then w.prev
+                    else (c.before || w.prev)[greatest(cardinality(c.before) + coalesce(cardinality(w.prev), 0)
+                                                       - w.size + 1, 1):] end as prev
         from windowed w
         left join pg_temp.recsql_windows u on u.user_id = w.user_id and w.place <= w.size
+        cross join lateral (select case w.kind when 'v' then u.items else u.conversions end) c(before)
         where w.ts >= p_from and w.ts < p_to
     ), formed as (
         -- An item seen twice in the window pairs once with the event: only its last place counts.
@@ -255,7 +256,7 @@ begin
     end if;
 
     -- Items gaining a user: any (user, item) with no earlier event.
-    delete from pg_temp.recsql_new_users;  -- empty: a truncate would cost more
+    delete from pg_temp.recsql_new_users;  -- empty after _batch_reset(), as above
     insert into pg_temp.recsql_new_users (item_key, n)
     select u.item_key, count(*)
     from (select distinct b.user_id, b.item_key from pg_temp.recsql_batch b) u
