@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from recsql.errors import translate
+from recsql.errors import BadInput, translate
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[Any]
@@ -34,24 +35,34 @@ def track(
     properties: dict[str, Any] | None = None,
     recommendation_id: str | None = None,
 ) -> Row:
-    """Record one event; a repeated event_id is reported as a duplicate and counted once."""
-    rows = _rows(
-        conn,
+    """Record one event; a repeated event_id is reported as a duplicate and counted once.
+
+    When another transaction stores the same event_id at the same moment, the commit that comes
+    second fails (``duplicate_event_id``). Where that commit was this call's own (an autocommit
+    connection outside a transaction), the call is repeated once and reports the duplicate.
+    """
+    query = (
         "SELECT id AS event_id, seq, duplicate FROM recsql.track(%(user_id)s, %(item_id)s, %(event_type)s,"
         " coalesce(%(ts)s, now()), %(value)s, %(event_id)s, %(session_id)s, %(properties)s,"
-        " %(recommendation_id)s::uuid)",
-        {
-            "user_id": user_id,
-            "item_id": item_id,
-            "event_type": event_type,
-            "ts": ts,
-            "value": value,
-            "event_id": event_id,
-            "session_id": session_id,
-            "properties": Jsonb(properties or {}),
-            "recommendation_id": recommendation_id,
-        },
+        " %(recommendation_id)s::uuid)"
     )
+    params = {
+        "user_id": user_id,
+        "item_id": item_id,
+        "event_type": event_type,
+        "ts": ts,
+        "value": value,
+        "event_id": event_id,
+        "session_id": session_id,
+        "properties": Jsonb(properties or {}),
+        "recommendation_id": recommendation_id,
+    }
+    try:
+        rows = _rows(conn, query, params)
+    except BadInput as exc:
+        if exc.code != "duplicate_event_id" or conn.info.transaction_status != TransactionStatus.IDLE:
+            raise
+        rows = _rows(conn, query, params)  # the other copy is committed now: a duplicate
     return rows[0]
 
 

@@ -65,8 +65,8 @@ _CONSTRAINTS: dict[str, tuple[str, str | None, str]] = {
     "events_event_id_key": (
         "duplicate_event_id",
         "event_id",
-        "another writer stored the same event_id at the same moment; send it again and it is skipped,"
-        " or use recsql.track(), which waits and reports it as a duplicate",
+        "another writer stored the same event_id at the same moment; send it again and it is"
+        " skipped (recsql.track() then reports it as a duplicate)",
     ),
     "items_item_id_check": (
         "invalid_item_id",

@@ -254,6 +254,7 @@ class _EventImport(_Import):
         self.now: datetime = settings["now"]
         self.max_future: timedelta = settings["max_future"]
         self.latest = self.now + self.max_future
+        self.dropped = 0  # recsql.duplicates_dropped after the last COPY
         self.types: dict[str, tuple[float | None, float | None]] = {
             r["name"]: (r["value_min"], r["value_max"])
             for r in cur.execute("SELECT name, value_min, value_max FROM recsql.event_types")
@@ -293,12 +294,17 @@ class _EventImport(_Import):
             )
 
     def copy(self, rows: list[Row]) -> None:
-        with self.conn.cursor() as cur:
+        with self.conn.cursor(row_factory=dict_row) as cur:
             with cur.copy(_COPY_EVENTS) as copy:
                 for row in rows:
                     copy.write_row(row)
-            # The BEFORE trigger drops an event whose event_id is already stored: it is not counted.
-            self.report.loaded += cur.rowcount
+            copied = cur.rowcount
+            # The events trigger drops an event whose event_id is already stored and adds it to
+            # recsql.duplicates_dropped (this transaction's total): it is not counted as loaded.
+            setting = cur.execute("SELECT current_setting('recsql.duplicates_dropped', true) AS n").fetchone()
+        dropped = int((setting or {}).get("n") or 0)
+        self.report.loaded += copied - (dropped - self.dropped)
+        self.dropped = dropped
 
     def finish(self) -> None:
         self.report.duplicates = self.sent - self.report.loaded

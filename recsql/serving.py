@@ -64,9 +64,14 @@ _INSERT_MANY = (
     " SELECT event_id, user_id, item_id, event_type, value, coalesce(ts, now()), session_id, properties,"
     " recommendation_id"
     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::timestamptz[], %s::text[],"
-    " %s::jsonb[], %s::uuid[])"
-    " AS x(event_id, user_id, item_id, event_type, value, ts, session_id, properties, recommendation_id)"
-    " ON CONFLICT (event_id) DO NOTHING RETURNING e.event_id"
+    " %s::jsonb[], %s::uuid[]) WITH ORDINALITY"
+    " AS x(event_id, user_id, item_id, event_type, value, ts, session_id, properties, recommendation_id, place)"
+    # Ids stored before are skipped here; a second copy within the batch is dropped by the events
+    # trigger (it is returned too, and counted once: the result is a set). In the callers' order:
+    # an anti-join may hand the rows over in any, and the order is the replay order.
+    " WHERE NOT EXISTS (SELECT FROM recsql.events s WHERE s.event_id = x.event_id)"
+    " ORDER BY x.place"
+    " RETURNING e.event_id"
 )
 
 

@@ -153,13 +153,18 @@ create table recsql.events (
     recommendation_id uuid
 );
 
-create unique index events_event_id_key on recsql.events (event_id);
+-- Deferred: a row whose id is already stored goes in, and the statement's trigger takes it out again
+-- (recsql.events_after_insert), so a COPY with retried events loads without a per-row probe. The
+-- check at commit catches what the trigger cannot see: the same id from a transaction still open.
+alter table recsql.events
+    add constraint events_event_id_key unique (event_id) deferrable initially deferred;
 create index events_user_idx on recsql.events (user_id, xid, seq);
 create index events_recommendation_idx on recsql.events (recommendation_id) where recommendation_id is not null;
 
 comment on table recsql.events is
     'Append-only event log. INSERT or COPY (user_id, item_id, event_type, ts) directly, or call recsql.track()';
-comment on column recsql.events.event_id is 'Idempotency key: a second event with the same id is dropped';
+comment on column recsql.events.event_id is
+    'Idempotency key: a second event with the same id is dropped (by the inserting statement''s trigger)';
 comment on column recsql.events.xid is 'Inserting transaction; replay order is (xid, seq)';
 comment on column recsql.events.arrived_at is 'Server time the event was stored';
 comment on column recsql.events.recommendation_id is

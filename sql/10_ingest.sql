@@ -16,18 +16,14 @@ $$;
 
 comment on function recsql.new_event_id() is 'Generates an event id for events sent without one';
 
--- Fills server-side columns and drops an event whose id was already stored (idempotent retries).
+-- Fills the server-side columns the row did not get from their defaults: an id for an event sent
+-- without one, and the inserting transaction and arrival time when a client supplied its own. A
+-- row with all three right (every COPY of the ingest columns) skips the call (the trigger's WHEN).
 create function recsql.events_before_insert() returns trigger
 language plpgsql as $$
 begin
     if new.event_id is null then
         new.event_id := recsql.new_event_id();
-    else
-        -- A bare index probe (perform ... found), not exists(...): no subplan to set up per row.
-        perform from recsql.events e where e.event_id = new.event_id;
-        if found then
-            return null;
-        end if;
     end if;
     new.xid := pg_current_xact_id();
     new.arrived_at := now();
@@ -36,10 +32,12 @@ end
 $$;
 
 comment on function recsql.events_before_insert() is
-    'Fills event_id, xid and arrived_at; skips a duplicate event_id so a retried delivery counts once';
+    'Fills event_id when missing and sets xid and arrived_at to the server''s values';
 
 create trigger events_before_insert before insert on recsql.events
-    for each row execute function recsql.events_before_insert();
+    for each row
+    when (new.event_id is null or new.xid <> pg_current_xact_id() or new.arrived_at <> now())
+    execute function recsql.events_before_insert();
 
 -- Validates a whole statement at once and queues it for the folder; raising here undoes the statement.
 create function recsql.events_after_insert() returns trigger
@@ -48,6 +46,7 @@ declare
     v_settings recsql.settings;
     v_bad record;
     v_range record;
+    v_duplicates bigint[];
     v_schema text;
 begin
     if current_setting('recsql.no_events', true) = 'on' then
@@ -62,6 +61,13 @@ begin
     -- statement pays for the queries that name the first offender.
     select pg_current_xact_id() as xid, min(n.seq) as first_seq, max(n.seq) as last_seq, count(*) as n,
            coalesce(bool_or(t.name is null), false) as bad_type,
+           -- Retried deliveries: an id stored before this row, by another transaction (which
+           -- committed, as the row is visible) or earlier in this one; of two copies in one
+           -- statement, the later. One probe of the id index per row, here rather than in a row
+           -- trigger, whose call costs more than the probe and stops COPY batching its inserts.
+           coalesce(bool_or(exists (select from recsql.events e
+                                    where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid))),
+                    false) as duplicates,
            coalesce(bool_or(n.ts > now() + v_settings.max_future), false) as bad_ts,
            coalesce(bool_or(t.value_max is not null
                             and (n.value is null or n.value < t.value_min or n.value > t.value_max)), false) as bad_value
@@ -105,6 +111,25 @@ begin
                   constraint = 'events_value_range_check';
     end if;
 
+    if v_range.duplicates then
+        -- Removed again before anything reads them; the deferred unique check at commit skips
+        -- deleted rows.
+        select array_agg(n.seq) into v_duplicates
+        from new_events n
+        where exists (select from recsql.events e
+                      where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid));
+        perform set_config('recsql.dropping_duplicates', 'on', true);
+        delete from recsql.events e where e.seq = any (v_duplicates);
+        perform set_config('recsql.dropping_duplicates', 'off', true);
+        -- For callers that count what a COPY stored (recsql import): this transaction's total.
+        perform set_config('recsql.duplicates_dropped',
+                           (coalesce(nullif(current_setting('recsql.duplicates_dropped', true), ''), '0')::bigint
+                            + cardinality(v_duplicates))::text, true);
+        select min(n.seq), max(n.seq), count(*) into v_range.first_seq, v_range.last_seq, v_range.n
+        from new_events n
+        where n.seq <> all (v_duplicates);
+    end if;
+
     if v_range.n > 0 then
         insert into recsql.event_inbox (xid, first_seq, last_seq, n)
         values (v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n);
@@ -119,7 +144,8 @@ end
 $$;
 
 comment on function recsql.events_after_insert() is
-    'Rejects unknown types, future timestamps and out-of-range values for the whole statement; queues it for folding';
+    'Rejects unknown types, future timestamps and out-of-range values for the whole statement; drops '
+    'retried event ids; queues the statement for folding';
 
 create trigger events_after_insert after insert on recsql.events
     referencing new table as new_events
@@ -129,7 +155,8 @@ create trigger events_after_insert after insert on recsql.events
 create function recsql.events_guard() returns trigger
 language plpgsql as $$
 begin
-    if tg_op = 'DELETE' and current_setting('recsql.forgetting', true) = 'on' then
+    if tg_op = 'DELETE' and (current_setting('recsql.forgetting', true) = 'on'
+                             or current_setting('recsql.dropping_duplicates', true) = 'on') then
         return null;
     end if;
     raise exception '% on recsql.events is not allowed', tg_op
@@ -138,7 +165,8 @@ begin
 end
 $$;
 
-comment on function recsql.events_guard() is 'Blocks UPDATE, DELETE and TRUNCATE of events outside recsql.forget_user()';
+comment on function recsql.events_guard() is
+    'Blocks UPDATE, DELETE and TRUNCATE of events outside recsql.forget_user() (and the removal of duplicates)';
 
 create trigger events_guard before update or delete or truncate on recsql.events
     for each statement execute function recsql.events_guard();
@@ -175,17 +203,20 @@ declare
     v_event_id text := coalesce(track.event_id, recsql.new_event_id());
     v_seq bigint;
 begin
+    select e.seq into v_seq from recsql.events e where e.event_id = v_event_id;
+    if found then
+        return query select v_event_id, v_seq, true;
+        return;
+    end if;
+    -- A copy stored by a transaction still open is not visible here: the commit that comes second
+    -- fails on events_event_id_key, and its retry finds the first (duplicate = true).
     insert into recsql.events as e (event_id, user_id, item_id, event_type, value, ts, session_id, properties,
                                     recommendation_id)
     values (v_event_id, track.user_id, track.item_id, track.event_type, track.value,
             coalesce(track.ts, now()), track.session_id, coalesce(track.properties, '{}'), track.recommendation_id)
-    on conflict (event_id) do nothing
     returning e.seq into v_seq;
-    if v_seq is null then
-        return query select v_event_id, (select x.seq from recsql.events x where x.event_id = v_event_id), true;
-    else
-        return query select v_event_id, v_seq, false;
-    end if;
+    -- An earlier copy in this transaction's open statement cannot exist (one row), so the row stays.
+    return query select v_event_id, v_seq, false;
 end
 $$;
 

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from recsql import api
-from recsql.errors import BadInput
+from recsql.errors import BadInput, translate
 
 
 def counts(conn):
@@ -124,28 +125,128 @@ def test_same_event_id_counts_once_on_every_path(conn):
 
 
 def test_concurrent_retries_of_one_event_count_once(db_url):
-    """Two sessions send the same event id while neither has committed."""
+    """Two transactions store the same event id while neither has committed: neither can see the
+    other's copy, so both calls succeed; the commit that comes second fails on the id's unique
+    constraint (checked at commit), and its retry is reported as a duplicate."""
     barrier = threading.Barrier(2)
     results: list[bool] = []
+    failures: list[psycopg.Error] = []
 
     def send() -> None:
         with psycopg.connect(db_url) as c:
-            barrier.wait()
             row = c.execute(
                 "SELECT duplicate FROM recsql.track('u1', 'a', 'view', event_id => 'retry-1')"
             ).fetchone()
             assert row is not None
             results.append(row[0])
-            c.commit()
+            barrier.wait()  # both stored their copy before either commits
+            try:
+                c.commit()
+            except psycopg.Error as exc:
+                failures.append(exc)
 
     threads = [threading.Thread(target=send) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert sorted(results) == [False, True]
-    with psycopg.connect(db_url) as c:
-        assert c.execute("SELECT count(*) FROM recsql.events").fetchone() == (1,)
+    assert results == [False, False]
+    [failure] = failures
+    assert isinstance(failure, psycopg.errors.UniqueViolation)
+    assert failure.diag.constraint_name == "events_event_id_key"
+    error = translate(failure)
+    assert isinstance(error, BadInput) and error.code == "duplicate_event_id"
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        assert api.track(c, "u1", "a", "view", event_id="retry-1")["duplicate"] is True
+        assert c.execute("SELECT count(*) AS n FROM recsql.events").fetchone() == {"n": 1}
+        api.flush(c)
+        assert c.execute("SELECT sum(n) AS n FROM recsql.item_event_counts").fetchone() == {"n": 1}
+
+
+def test_api_track_reports_a_racing_copy_as_a_duplicate(db_url):
+    """api.track on an autocommit connection: when the other copy commits first, the failed
+    commit is retried once and reported as a duplicate, not as an error."""
+    with (
+        psycopg.connect(db_url) as other,
+        psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c,
+    ):
+        other.execute("SELECT recsql.track('u1', 'a', 'view', event_id => 'race-1')")
+        committed = threading.Timer(0.3, other.commit)
+        committed.start()
+        row = api.track(c, "u1", "a", "view", event_id="race-1")  # its commit waits for the other's
+        committed.join()
+        assert row["duplicate"] is True
+        assert c.execute("SELECT count(*) AS n FROM recsql.events").fetchone() == {"n": 1}
+
+
+def test_duplicates_within_and_across_statements_leave_one_row_each(conn):
+    """COPY and INSERT: a repeat of a committed id, of an id earlier in the same transaction, and a
+    second copy within one statement are all dropped; the first copy is the one kept."""
+    api.track(conn, "u1", "a", "view", event_id="c1")
+    with conn.transaction():
+        with conn.cursor() as cur:
+            with cur.copy("COPY recsql.events (event_id, user_id, item_id, event_type) FROM STDIN") as cp:
+                for row in [
+                    ("c1", "u9", "z", "view"),
+                    ("c2", "u1", "b", "view"),
+                    ("c3", "u1", "c", "view"),
+                    ("c2", "u9", "z", "view"),
+                    ("c4", "u1", "d", "view"),
+                ]:
+                    cp.write_row(row)
+            assert cur.rowcount == 5  # COPY counts what it read; two of them were dropped again
+        dropped = conn.execute("SELECT current_setting('recsql.duplicates_dropped') AS n").fetchone()
+        assert dropped == {"n": "2"}
+        conn.execute(
+            "INSERT INTO recsql.events (event_id, user_id, item_id, event_type)"
+            " VALUES ('c3', 'u9', 'z', 'view'), ('c5', 'u1', 'e', 'view'), ('c5', 'u9', 'z', 'view')"
+        )
+        dropped = conn.execute("SELECT current_setting('recsql.duplicates_dropped') AS n").fetchone()
+        assert dropped == {"n": "4"}  # the transaction's total
+    rows = conn.execute("SELECT event_id, user_id, item_id FROM recsql.events ORDER BY seq").fetchall()
+    assert [(r["event_id"], r["user_id"], r["item_id"]) for r in rows] == [
+        ("c1", "u1", "a"),
+        ("c2", "u1", "b"),
+        ("c3", "u1", "c"),
+        ("c4", "u1", "d"),
+        ("c5", "u1", "e"),
+    ]
+    inbox = conn.execute("SELECT sum(n) AS n FROM recsql.event_inbox").fetchone()
+    assert inbox["n"] == 5  # the rows kept (c1 by track, c2-c4, c5), not the 9 stored
+    api.flush(conn)
+    assert conn.execute("SELECT folded_events AS n FROM recsql.fold_state").fetchone() == {"n": 5}
+    assert conn.execute(
+        "SELECT count(*) AS n FROM recsql.user_item_events WHERE user_id = 'u9'"
+    ).fetchone() == {"n": 0}
+
+
+def test_a_statement_of_only_duplicates_queues_nothing(conn):
+    api.track(conn, "u1", "a", "view", event_id="d1")
+    api.flush(conn)
+    conn.execute(
+        "INSERT INTO recsql.events (event_id, user_id, item_id, event_type)"
+        " VALUES ('d1', 'u1', 'a', 'view'), ('d1', 'u1', 'a', 'view')"
+    )
+    assert conn.execute("SELECT count(*) AS n FROM recsql.event_inbox").fetchone() == {"n": 0}
+    assert conn.execute("SELECT count(*) AS n FROM recsql.events").fetchone() == {"n": 1}
+
+
+def test_server_columns_cannot_be_supplied(conn):
+    """xid orders the replay and arrived_at is the server's clock: a client's values are replaced,
+    and an event sent with a null id gets a generated one (the row trigger, for such rows only)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO recsql.events (event_id, user_id, item_id, event_type, xid, arrived_at)"
+            " VALUES (NULL, 'u1', 'a', 'view', '5', '2001-01-01'),"
+            " ('x2', 'u1', 'b', 'view', DEFAULT, '2001-01-01'), ('x3', 'u1', 'c', 'view', '7', DEFAULT)"
+        )
+        rows = conn.execute(
+            "SELECT event_id, xid = pg_current_xact_id() AS mine, arrived_at = now() AS arrived"
+            " FROM recsql.events ORDER BY seq"
+        ).fetchall()
+    assert [(r["mine"], r["arrived"]) for r in rows] == [(True, True)] * 3
+    assert rows[0]["event_id"] and [r["event_id"] for r in rows[1:]] == ["x2", "x3"]
+    assert api.flush(conn) == 3
 
 
 def test_events_are_immutable(conn):

@@ -56,3 +56,19 @@ def test_error_reaches_every_caller_of_the_batch(db_url):
         queue.track(broken, serving.Event("u", "p", "view"))
     with db.connection(db_url) as c:  # the queue recovered: the next caller stores its event
         assert queue.track(lambda: c, serving.Event("u", "p", "view")).status == "accepted"
+
+
+def test_a_batch_is_stored_in_its_order_without_ids_stored_before(conn):
+    """track_many: events are stored in the batch's order (the replay order); an id stored before
+    and a second copy within the batch are duplicates."""
+    serving.track_many(conn, [serving.Event("u0", "p0", "view", event_id="old")])
+    ids = [f"b{i}" for i in range(40)]
+    events = [serving.Event(f"u{i % 3}", f"p{i}", "view", event_id=e) for i, e in enumerate(ids)]
+    events.insert(7, serving.Event("u9", "p9", "view", event_id="old"))
+    events.insert(20, serving.Event("u9", "p9", "view", event_id="b3"))
+    outcomes = serving.track_many(conn, events)
+    assert [o.status for o in outcomes].count("duplicate") == 2
+    assert outcomes[7].status == outcomes[20].status == "duplicate"
+    stored = conn.execute("SELECT event_id, user_id FROM recsql.events ORDER BY seq").fetchall()
+    assert [r["event_id"] for r in stored] == ["old", *ids]
+    assert all(r["user_id"] != "u9" for r in stored)

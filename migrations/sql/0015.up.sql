@@ -1,0 +1,198 @@
+-- 0015: retried event ids are dropped by the inserting statement's trigger instead of a row
+-- trigger's probe. The id's unique constraint is deferred to commit, so that a repeated id goes in
+-- and events_after_insert deletes it again (one probe per row inside one statement); the row
+-- trigger runs only for rows that need server values filled (no id, or a client's xid or
+-- arrived_at), so a COPY of the ingest columns skips it. recsql.track() probes before inserting;
+-- a copy stored by a transaction still open makes the later commit fail (retry: duplicate).
+-- Rebuilds the event_id index under an exclusive lock on recsql.events.
+-- Frozen: never edit after release.
+
+drop index recsql.events_event_id_key;
+
+alter table recsql.events
+    add constraint events_event_id_key unique (event_id) deferrable initially deferred;
+
+comment on column recsql.events.event_id is
+    'Idempotency key: a second event with the same id is dropped (by the inserting statement''s trigger)';
+
+create or replace function recsql.events_before_insert() returns trigger
+language plpgsql as $$
+begin
+    if new.event_id is null then
+        new.event_id := recsql.new_event_id();
+    end if;
+    new.xid := pg_current_xact_id();
+    new.arrived_at := now();
+    return new;
+end
+$$;
+
+comment on function recsql.events_before_insert() is
+    'Fills event_id when missing and sets xid and arrived_at to the server''s values';
+
+create or replace function recsql.events_after_insert() returns trigger
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+    v_bad record;
+    v_range record;
+    v_duplicates bigint[];
+    v_schema text;
+begin
+    if current_setting('recsql.no_events', true) = 'on' then
+        raise exception 'this transaction promised to insert no events (it added pairs or refreshed neighbour lists first)'
+            using errcode = '55000',
+                  hint = 'Insert events in a transaction of their own; folding does not wait for transactions that promised.';
+    end if;
+
+    select * into v_settings from recsql.settings;
+
+    -- One pass over the statement's rows finds its range and whether any row is bad; only a bad
+    -- statement pays for the queries that name the first offender.
+    select pg_current_xact_id() as xid, min(n.seq) as first_seq, max(n.seq) as last_seq, count(*) as n,
+           coalesce(bool_or(t.name is null), false) as bad_type,
+           -- Retried deliveries: an id stored before this row, by another transaction (which
+           -- committed, as the row is visible) or earlier in this one; of two copies in one
+           -- statement, the later. One probe of the id index per row, here rather than in a row
+           -- trigger, whose call costs more than the probe and stops COPY batching its inserts.
+           coalesce(bool_or(exists (select from recsql.events e
+                                    where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid))),
+                    false) as duplicates,
+           coalesce(bool_or(n.ts > now() + v_settings.max_future), false) as bad_ts,
+           coalesce(bool_or(t.value_max is not null
+                            and (n.value is null or n.value < t.value_min or n.value > t.value_max)), false) as bad_value
+    into v_range
+    from new_events n
+    left join recsql.event_types t on t.name = n.event_type;
+
+    if v_range.bad_type then
+        select n.event_type into v_bad
+        from new_events n
+        where not exists (select 1 from recsql.event_types t where t.name = n.event_type)
+        limit 1;
+        raise exception 'unknown event type "%"', v_bad.event_type
+            using errcode = '23503',
+                  constraint = 'events_event_type_fkey',
+                  hint = format('Known types: %s. Add a type with INSERT INTO recsql.event_types (name, weight) VALUES (...).',
+                                (select string_agg(name, ', ' order by name) from recsql.event_types));
+    end if;
+
+    if v_range.bad_ts then
+        select n.event_id, n.ts into v_bad
+        from new_events n
+        where n.ts > now() + v_settings.max_future
+        limit 1;
+        raise exception 'event "%" has timestamp % which is more than % in the future',
+                v_bad.event_id, v_bad.ts, v_settings.max_future
+            using errcode = '23514',
+                  constraint = 'events_ts_check',
+                  hint = 'Send the time the event happened (UTC, ISO 8601), or omit it to use the server time.';
+    end if;
+
+    if v_range.bad_value then
+        select n.event_id, n.event_type, n.value, t.value_min, t.value_max into v_bad
+        from new_events n
+        join recsql.event_types t on t.name = n.event_type
+        where t.value_max is not null and (n.value is null or n.value < t.value_min or n.value > t.value_max)
+        limit 1;
+        raise exception 'event "%" of type "%" needs a value between % and %, got %',
+                v_bad.event_id, v_bad.event_type, v_bad.value_min, v_bad.value_max, coalesce(v_bad.value::text, 'none')
+            using errcode = '23514',
+                  constraint = 'events_value_range_check';
+    end if;
+
+    if v_range.duplicates then
+        -- Removed again before anything reads them; the deferred unique check at commit skips
+        -- deleted rows.
+        select array_agg(n.seq) into v_duplicates
+        from new_events n
+        where exists (select from recsql.events e
+                      where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid));
+        perform set_config('recsql.dropping_duplicates', 'on', true);
+        delete from recsql.events e where e.seq = any (v_duplicates);
+        perform set_config('recsql.dropping_duplicates', 'off', true);
+        -- For callers that count what a COPY stored (recsql import): this transaction's total.
+        perform set_config('recsql.duplicates_dropped',
+                           (coalesce(nullif(current_setting('recsql.duplicates_dropped', true), ''), '0')::bigint
+                            + cardinality(v_duplicates))::text, true);
+        select min(n.seq), max(n.seq), count(*) into v_range.first_seq, v_range.last_seq, v_range.n
+        from new_events n
+        where n.seq <> all (v_duplicates);
+    end if;
+
+    if v_range.n > 0 then
+        insert into recsql.event_inbox (xid, first_seq, last_seq, n)
+        values (v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n);
+        -- Each model's shadow state folds the same events (recsql.model_states).
+        for v_schema in select schema_name from recsql.model_states loop
+            execute format('insert into %I.event_inbox (xid, first_seq, last_seq, n) values ($1, $2, $3, $4)', v_schema)
+            using v_range.xid, v_range.first_seq, v_range.last_seq, v_range.n;
+        end loop;
+    end if;
+    return null;
+end
+$$;
+
+comment on function recsql.events_after_insert() is
+    'Rejects unknown types, future timestamps and out-of-range values for the whole statement; drops '
+    'retried event ids; queues the statement for folding';
+
+create or replace function recsql.events_guard() returns trigger
+language plpgsql as $$
+begin
+    if tg_op = 'DELETE' and (current_setting('recsql.forgetting', true) = 'on'
+                             or current_setting('recsql.dropping_duplicates', true) = 'on') then
+        return null;
+    end if;
+    raise exception '% on recsql.events is not allowed', tg_op
+        using errcode = '55000',
+              hint = 'Events are immutable. Use recsql.forget_user(user_id) to delete a user''s events.';
+end
+$$;
+
+comment on function recsql.events_guard() is
+    'Blocks UPDATE, DELETE and TRUNCATE of events outside recsql.forget_user() (and the removal of duplicates)';
+
+create or replace function recsql.track(
+    user_id text,
+    item_id text,
+    event_type text,
+    ts timestamptz default now(),
+    value double precision default null,
+    event_id text default null,
+    session_id text default null,
+    properties jsonb default '{}',
+    recommendation_id uuid default null
+) returns table (id text, seq bigint, duplicate boolean)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+    v_event_id text := coalesce(track.event_id, recsql.new_event_id());
+    v_seq bigint;
+begin
+    select e.seq into v_seq from recsql.events e where e.event_id = v_event_id;
+    if found then
+        return query select v_event_id, v_seq, true;
+        return;
+    end if;
+    -- A copy stored by a transaction still open is not visible here: the commit that comes second
+    -- fails on events_event_id_key, and its retry finds the first (duplicate = true).
+    insert into recsql.events as e (event_id, user_id, item_id, event_type, value, ts, session_id, properties,
+                                    recommendation_id)
+    values (v_event_id, track.user_id, track.item_id, track.event_type, track.value,
+            coalesce(track.ts, now()), track.session_id, coalesce(track.properties, '{}'), track.recommendation_id)
+    returning e.seq into v_seq;
+    -- An earlier copy in this transaction's open statement cannot exist (one row), so the row stays.
+    return query select v_event_id, v_seq, false;
+end
+$$;
+
+comment on function recsql.track(text, text, text, timestamptz, double precision, text, text, jsonb, uuid) is
+    'Records one event idempotently (same event_id twice counts once); returns its id and whether it was a duplicate';
+
+drop trigger events_before_insert on recsql.events;
+
+create trigger events_before_insert before insert on recsql.events
+    for each row
+    when (new.event_id is null or new.xid <> pg_current_xact_id() or new.arrived_at <> now())
+    execute function recsql.events_before_insert();
