@@ -155,7 +155,172 @@ $$;
 comment on function recsql.track(text, text, text, timestamptz, double precision, text, text, jsonb, uuid) is
     'Records one event idempotently (same event_id twice counts once); returns its id and whether it was a duplicate';
 
+create or replace function recsql._merge_pair_delta(p_sign integer, p_deltas bigint, p_analyze boolean default true)
+returns void
+language plpgsql as $$
+declare
+    v_settings recsql.settings;
+begin
+    select * into v_settings from recsql.settings;
+
+    if p_sign < 0 or p_deltas > 10000 then
+        -- Removals (a listed partner may drop out) and bulk folds (most lists change anyway): every
+        -- touched list is recomputed whole.
+        insert into recsql.item_pairs as p (kind, item_a, item_b, n)
+        select d.kind, d.item_a, d.item_b, d.n
+        from pg_temp.recsql_pair_delta d
+        order by d.item_a, d.item_b, d.kind
+        on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n;
+
+        -- Distinct by hashing (group by), not by sorting every delta twice (union). Lists already
+        -- due whole (most of them, behind a backlog) are skipped before the upsert.
+        insert into recsql.neighbor_dirty as x (kind, item_key)
+        select u.kind, u.item_key
+        from (select d.kind, d.item_a as item_key from pg_temp.recsql_pair_delta d
+              union all
+              select d.kind, d.item_b from pg_temp.recsql_pair_delta d) u
+        where not exists (select 1 from recsql.neighbor_dirty w
+                          where w.kind = u.kind and w.item_key = u.item_key and w.partners is null)
+        group by 1, 2
+        order by 1, 2
+        on conflict (kind, item_key) do update set partners = null where x.partners is not null;
+    else
+        -- A trickle of new formations: a count that went up changes a list only if that partner is
+        -- listed, or now scores at least the list's last entry, or the list is not full. Such lists
+        -- are patched with the changed partners (refresh_neighbors), scored with the item's user
+        -- count of the list; every other change leaves the list as it is. A list is recomputed whole
+        -- instead when the item has none yet, when it was last computed whole over 10 minutes ago,
+        -- or when its last entry's partner has gained users enough to move that score by over 10%:
+        -- patches keep the other entries' scores, so their drift is bounded by those two rules.
+        -- Past 1,000 pending partners an item is recomputed whole.
+        with changed as (
+            insert into recsql.item_pairs as p (kind, item_a, item_b, n)
+            select d.kind, d.item_a, d.item_b, d.n
+            from pg_temp.recsql_pair_delta d
+            order by d.item_a, d.item_b, d.kind
+            on conflict (kind, item_a, item_b) do update set n = p.n + excluded.n
+            returning p.kind, p.item_a, p.item_b, p.n
+        ), directed as (
+            -- Each stored pair changes two lists: item_a's (partner item_b) and item_b's.
+            select c.kind, c.item_a, c.item_b, c.n from changed c
+            union all
+            select c.kind, c.item_b, c.item_a, c.n from changed c
+        ), lists as materialized (  -- once per list, not once per changed pair
+            select a.kind, a.item_a, l.neighbors, l.users, l.last_score,
+                   l.item_key is null or l.users is null or l.refreshed_at < now() - interval '10 minutes'
+                   or abs(recsql._pair_score(l.last_n, l.users, sk.n_users, v_settings.similarity) - l.last_score)
+                      > 0.1 * l.last_score as whole,
+                   coalesce(l.len < v_settings.neighbors_per_item, true) as open
+            from (select distinct c.kind, c.item_a from directed c) a
+            left join lateral (
+                select l.item_key, l.neighbors, l.users, l.refreshed_at, cardinality(l.neighbors) as len,
+                       l.together[cardinality(l.together)] as last_n,
+                       l.neighbors[cardinality(l.neighbors)] as last_b,
+                       l.scores[cardinality(l.scores)]::double precision as last_score
+                from recsql.neighbor_lists l
+                where l.kind = a.kind and l.item_key = a.item_a
+                offset 0  -- a lookup per touched list, not a hash of every list
+            ) l on true
+            left join recsql.item_stats sk on sk.item_key = l.last_b
+        ), touched as (
+            -- Lookups in joins, not subqueries in function arguments: those would stop _pair_score
+            -- from being inlined, and a call per row costs more than the rest of the fold.
+            select c.kind, c.item_a, c.item_b, l.whole
+            from directed c
+            join lists l on l.kind = c.kind and l.item_a = c.item_a
+            -- A partner's users are needed only when it is not listed in a full list.
+            left join lateral (
+                select sb.n_users as b
+                from recsql.item_stats sb
+                where sb.item_key = c.item_b
+                  and not l.whole and not l.open and c.n >= v_settings.min_support
+                  and c.item_b <> all (l.neighbors)
+            ) u on true
+            where l.whole or l.open or c.item_b = any (l.neighbors)
+               or recsql._pair_score(c.n, l.users, u.b, v_settings.similarity) >= (1 - 1e-6) * l.last_score
+        )
+        insert into recsql.neighbor_dirty as x (kind, item_key, partners)
+        select t.kind, t.item_a,
+               case when bool_or(t.whole) or count(*) > 1000 then null
+                    else array_agg(t.item_b order by t.item_b) end
+        from touched t
+        group by t.kind, t.item_a
+        order by 1, 2
+        on conflict (kind, item_key) do update
+        set partners = case
+            when x.partners is null or excluded.partners is null
+                 or cardinality(x.partners) + cardinality(excluded.partners) > 1000
+                then null
+            else array(select distinct u.b from unnest(x.partners || excluded.partners) u(b) order by 1)
+        end;
+    end if;
+
+    if p_sign < 0 then
+        delete from recsql.item_pairs p
+        using pg_temp.recsql_pair_delta d
+        where p.kind = d.kind and p.item_a = d.item_a and p.item_b = d.item_b and p.n <= 0;
+    end if;
+
+    -- A bulk merge changes item_pairs faster than autovacuum re-samples it; fresh statistics keep
+    -- the next merges and refreshes on good plans. Only once it changed by a fifth since its last
+    -- analyze: re-sampling millions of pairs every chunk is not free.
+    if p_analyze and p_deltas > 100000 and (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
+                              from pg_stat_user_tables where relid = 'recsql.item_pairs'::regclass) then
+        analyze recsql.item_pairs;
+    end if;
+end
+$$;
+
+comment on function recsql._merge_pair_delta(integer, bigint, boolean) is
+    'Adds the pair count deltas of pg_temp.recsql_pair_delta to item_pairs and marks the lists they change';
+
+create or replace function recsql._drain_pair_queue(p_part integer default null) returns bigint
+language plpgsql as $$
+declare
+    v_events bigint;
+    v_deltas bigint;
+begin
+    if not exists (select 1 from recsql.pair_queue q where p_part is null or q.part = p_part) then
+        return 0;
+    end if;
+    perform recsql._batch_reset();
+    -- Folds that queue meanwhile commit rows this snapshot does not see: the next drain takes them.
+    -- Both halves of a fold count its events: all of them, once, is the larger of the two sums.
+    with taken as materialized (
+        delete from recsql.pair_queue q
+        where p_part is null or q.part = p_part
+        returning q.events, q.part, q.kinds, q.items_a, q.items_b, q.n
+    ), deltas as (
+        insert into pg_temp.recsql_pair_delta (kind, item_a, item_b, n)
+        select u.kind, u.a, u.b, sum(u.n)
+        from taken t
+        cross join lateral unnest(t.kinds, t.items_a, t.items_b, t.n) as u(kind, a, b, n)
+        group by 1, 2, 3
+        returning 1
+    )
+    select (select coalesce(max(e.n), 0) from (select sum(t.events) as n from taken t group by t.part) e),
+           (select count(*) from deltas)
+    into v_events, v_deltas;
+    perform recsql._merge_pair_delta(1, v_deltas, p_analyze => coalesce(p_part, 0) = 0);
+    return v_events;
+end
+$$;
+
+comment on function recsql._drain_pair_queue(integer) is
+    'Adds every queued pair delta (or one half''s) to item_pairs (caller holds the lock); returns their events';
+
 drop trigger events_before_insert on recsql.events;
 
 create trigger events_before_insert before insert on recsql.events
     for each row execute function recsql.events_before_insert();
+
+-- Live model states: their copies of the changed functions.
+do $$
+declare
+    v_schema text;
+begin
+    for v_schema in select schema_name from recsql.model_states order by model loop
+        perform recsql._copy_state_functions(v_schema);
+    end loop;
+end
+$$;

@@ -156,6 +156,23 @@ def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
 
 
+def test_a_drain_sums_the_pairs_of_several_folds_and_takes_one_fold_as_queued(conn):
+    """Adding queued pairs: two folds' rows repeat a pair and are summed; one fold's rows (one per
+    half) are added as they are. Both come out as a rebuild makes them."""
+    for fold_users in (["u1", "u2"], ["u3"]):
+        for user in fold_users:
+            for item in ("a", "b", "c"):
+                api.track(conn, user, item, "view")
+            conn.execute("SELECT recsql.fold(defer_pairs => true)")
+        queued = conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"]
+        assert queued == 2 * len(fold_users)  # two halves per fold
+        assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 3 * len(fold_users)
+    pairs = conn.execute("SELECT item_a, item_b, n FROM recsql.item_pairs WHERE kind = 'v'").fetchall()
+    assert sorted(p["n"] for p in pairs) == [3, 3, 3]  # (a, b), (a, c), (b, c): once per user
+    conn.execute("SELECT recsql.refresh_neighbors()")
+    assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
+
+
 def _queue_three_folds(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE recsql.settings SET cooc_window = 4, purchase_window = 3")
     rng = random.Random(7)
