@@ -66,7 +66,8 @@ _INSERT_MANY = (
     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::timestamptz[], %s::text[],"
     " %s::jsonb[], %s::uuid[]) WITH ORDINALITY"
     " AS x(event_id, user_id, item_id, event_type, value, ts, session_id, properties, recommendation_id, place)"
-    # Ids stored before are skipped here; a second copy within the batch is dropped by the events
+    # Ids stored before are skipped here, not left to the events trigger, which would drop them
+    # after RETURNING had reported them stored; a second copy within the batch is dropped by the
     # trigger (it is returned too, and counted once: the result is a set). In the callers' order:
     # an anti-join may hand the rows over in any, and the order is the replay order.
     " WHERE NOT EXISTS (SELECT FROM recsql.events s WHERE s.event_id = x.event_id)"

@@ -46,7 +46,6 @@ declare
     v_settings recsql.settings;
     v_bad record;
     v_range record;
-    v_duplicates bigint[];
     v_schema text;
 begin
     if current_setting('recsql.no_events', true) = 'on' then
@@ -65,9 +64,10 @@ begin
            -- committed, as the row is visible) or earlier in this one; of two copies in one
            -- statement, the later. One probe of the id index per row, here rather than in a row
            -- trigger, whose call costs more than the probe and stops COPY batching its inserts.
-           coalesce(bool_or(exists (select from recsql.events e
-                                    where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid))),
-                    false) as duplicates,
+           -- The duplicates' seqs (null when none).
+           array_agg(n.seq) filter (where exists (select from recsql.events e
+                                                  where e.event_id = n.event_id
+                                                    and (e.seq < n.seq or e.xid <> n.xid))) as duplicates,
            coalesce(bool_or(n.ts > now() + v_settings.max_future), false) as bad_ts,
            coalesce(bool_or(t.value_max is not null
                             and (n.value is null or n.value < t.value_min or n.value > t.value_max)), false) as bad_value
@@ -111,23 +111,20 @@ begin
                   constraint = 'events_value_range_check';
     end if;
 
-    if v_range.duplicates then
+    if v_range.duplicates is not null then
         -- Removed again before anything reads them; the deferred unique check at commit skips
         -- deleted rows.
-        select array_agg(n.seq) into v_duplicates
-        from new_events n
-        where exists (select from recsql.events e
-                      where e.event_id = n.event_id and (e.seq < n.seq or e.xid <> n.xid));
         perform set_config('recsql.dropping_duplicates', 'on', true);
-        delete from recsql.events e where e.seq = any (v_duplicates);
+        delete from recsql.events e where e.seq = any (v_range.duplicates);
         perform set_config('recsql.dropping_duplicates', 'off', true);
         -- For callers that count what a COPY stored (recsql import): this transaction's total.
         perform set_config('recsql.duplicates_dropped',
                            (coalesce(nullif(current_setting('recsql.duplicates_dropped', true), ''), '0')::bigint
-                            + cardinality(v_duplicates))::text, true);
+                            + cardinality(v_range.duplicates))::text, true);
+        -- The range of the rows kept (no probes: the seqs are known).
         select min(n.seq), max(n.seq), count(*) into v_range.first_seq, v_range.last_seq, v_range.n
         from new_events n
-        where n.seq <> all (v_duplicates);
+        where n.seq <> all (v_range.duplicates);
     end if;
 
     if v_range.n > 0 then
