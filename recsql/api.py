@@ -173,8 +173,8 @@ def fold(conn: Conn, *, defer_pairs: bool = False, max_events: int | None = None
 def fold_pairs(conn: Conn, part: int | None = None, *, wait: bool = True) -> int:
     """Add the pair counts queued by deferred folds to item_pairs; return their events.
 
-    With ``part`` (0 or 1) only that half of them, which another session may add the other half of
-    meanwhile; with ``wait=False`` it returns 0 at once when a lock it needs is taken.
+    With ``part`` (0 to 3) only that part of them (by item_a modulo 4), while other sessions may add
+    the other parts; with ``wait=False`` it returns 0 at once when a lock it needs is taken.
     """
     return int(_rows(conn, "SELECT recsql.fold_pairs(%(p)s, %(w)s) AS n", {"p": part, "w": wait})[0]["n"])
 

@@ -267,8 +267,8 @@ comment on table recsql.item_pairs is
     'once, with item_a < item_b: an item''s pairs are those it is item_a or item_b of.';
 
 -- Pair deltas of folds run with defer_pairs (the worker's fold lane), waiting for recsql.fold_pairs()
--- (its list lane): two rows per fold, one per half of the pairs (by the parity of item_a), the pairs
--- as parallel arrays, so queueing costs two rows and two sessions can add the halves side by side.
+-- (its list lane): four rows per fold, one per part of the pairs (by item_a modulo 4), the pairs as
+-- parallel arrays, so queueing costs four rows and two sessions can add the parts side by side.
 create table recsql.pair_queue (
     events integer not null,
     kinds "char"[] not null,
@@ -276,7 +276,7 @@ create table recsql.pair_queue (
     items_b integer[] not null,
     n integer[] not null,
     queued_at timestamptz not null default now(),
-    part smallint not null default 0 constraint pair_queue_part_check check (part in (0, 1))
+    part smallint not null default 0 constraint pair_queue_part_check check (part between 0 and 3)
 );
 
 -- Written once and read once: compressing them would cost more than the bytes saved.
@@ -291,10 +291,10 @@ comment on table recsql.pair_queue is
     'them (in any order: they are sums)';
 
 comment on column recsql.pair_queue.part is
-    'Which half of the fold''s pairs the row holds (item_a % 2): recsql.fold_pairs(part) adds one half. '
+    'Which part of the fold''s pairs the row holds (item_a % 4): recsql.fold_pairs(part) adds one part. '
     'Only a split of the work: a row may hold any pairs';
 
-comment on column recsql.pair_queue.events is 'Events of the fold whose pairs the row holds (each half counts them all)';
+comment on column recsql.pair_queue.events is 'Events of the fold whose pairs the row holds (each part counts them all)';
 
 -- Serving index: each item's top neighbours by similarity, recomputed when its pairs change.
 create table recsql.neighbor_lists (

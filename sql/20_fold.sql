@@ -20,15 +20,15 @@ language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 $$
 comment on function recsql._pairs_lock_key() is
     'Advisory lock key held by whoever writes item pairs and neighbour lists';
 
--- Keys of the locks on the two halves of the queued pairs (pair_queue.part): recsql.fold_pairs(part)
--- holds the pairs lock shared and its half's lock exclusively, so the two halves are added side by
--- side; refresh_neighbors() holds all three shared. Taken in the order pairs, half 0, half 1.
+-- Keys of the locks on the four parts of the queued pairs (pair_queue.part): recsql.fold_pairs(part)
+-- holds the pairs lock shared and its part's lock exclusively, so that the parts are added side by
+-- side; refresh_neighbors() holds all five shared. Taken in the order pairs, part 0, 1, 2, 3.
 -- (Written from _fold_lock_key(): a model state's copy of it exists before its other copies.)
 create function recsql._pair_part_lock_key(p_part integer) returns bigint
-language sql immutable parallel safe as $$ select recsql._fold_lock_key() # 1 # (2 + p_part) $$;
+language sql immutable parallel safe as $$ select recsql._fold_lock_key() # (8 + p_part) $$;
 
 comment on function recsql._pair_part_lock_key(integer) is
-    'Advisory lock key held by whoever adds one half of the queued pairs (0 or 1)';
+    'Advisory lock key held by whoever adds one part of the queued pairs (0 to 3)';
 
 -- Key of the lock a transaction holds (shared) while it has promised to insert no events: the
 -- worker's list lane adding pairs and refreshing lists for seconds. The replay horizon does not
@@ -402,8 +402,8 @@ comment on function recsql._pair_delta(integer, timestamptz, timestamptz) is
     'Computes the batch events'' pair count deltas into pg_temp.recsql_pair_delta; returns the row count';
 
 -- Adds the count deltas in pg_temp.recsql_pair_delta (p_deltas rows; p_sign -1: removals) to item_pairs
--- and marks the neighbour lists they change. The caller holds the pairs lock (or, adding one half of
--- the queued pairs, that half's lock; then p_analyze is false for half 1, so that the two halves'
+-- and marks the neighbour lists they change. The caller holds the pairs lock (or, adding one part of
+-- the queued pairs, that part's lock; then p_analyze is false for parts 1-3, so that the parts'
 -- sessions never sample the table at once).
 create function recsql._merge_pair_delta(p_sign integer, p_deltas bigint, p_analyze boolean default true)
 returns void
@@ -537,9 +537,9 @@ $$;
 comment on function recsql._apply_pairs(integer, timestamptz, timestamptz) is
     'Counts (or uncounts) the co-occurrence and bought-together pairs formed by the batch events';
 
--- Applies every committed queued pair delta (folds run with defer_pairs), or those of one half
--- (p_part); the caller holds the pairs lock, or that half's. Returns the events whose pairs it
--- applied (each half of a fold counts all its events).
+-- Applies every committed queued pair delta (folds run with defer_pairs), or those of one part
+-- (p_part); the caller holds the pairs lock, or that part's. Returns the events whose pairs it
+-- applied (each part of a fold counts all its events).
 create function recsql._drain_pair_queue(p_part integer default null) returns bigint
 language plpgsql as $$
 declare
@@ -551,9 +551,9 @@ begin
     end if;
     perform recsql._batch_reset();
     -- Folds that queue meanwhile commit rows this snapshot does not see: the next drain takes them.
-    -- Both halves of a fold count its events: all of them, once, is the larger of the two sums.
-    -- A queue row holds each pair once (a fold's half, summed), and the halves share no pair (by the
-    -- parity of item_a): with one row per half taken there is nothing to sum, which saves a third
+    -- Every part of a fold counts its events: all of them, once, is the largest of the parts' sums.
+    -- A queue row holds each pair once (a fold's part, summed), and the parts share no pair (by
+    -- item_a modulo 4): with one row per part taken there is nothing to sum, which saves a third
     -- of the drain. Rows of several folds are summed. (The test is a one-time filter: only one of
     -- the two arms runs.)
     with taken as materialized (
@@ -585,18 +585,18 @@ end
 $$;
 
 comment on function recsql._drain_pair_queue(integer) is
-    'Adds every queued pair delta (or one half''s) to item_pairs (caller holds the lock); returns their events';
+    'Adds every queued pair delta (or one part''s) to item_pairs (caller holds the lock); returns their events';
 
--- The worker's list lane: adds the pairs of folds run with defer_pairs, all of them, or one half
--- (part 0 or 1), which another session may add the other half of meanwhile. Without wait it returns
+-- The worker's lanes: add the pairs of folds run with defer_pairs, all of them, or one part (0 to
+-- 3), while other sessions may add the other parts. Without wait it returns
 -- 0 at once when a lock it needs is taken. Returns their events.
 create function recsql.fold_pairs(part integer default null, wait boolean default true) returns bigint
 language plpgsql as $$
 declare
     v_n bigint;
 begin
-    if fold_pairs.part is not null and fold_pairs.part not in (0, 1) then
-        raise exception 'part must be 0, 1 or null (both halves), got %', fold_pairs.part using errcode = '22023';
+    if fold_pairs.part is not null and fold_pairs.part not between 0 and 3 then
+        raise exception 'part must be 0, 1, 2, 3 or null (all parts), got %', fold_pairs.part using errcode = '22023';
     end if;
     -- Nothing queued: return without the lock, which would wait for refreshers to finish.
     if not exists (select 1 from recsql.pair_queue q where fold_pairs.part is null or q.part = fold_pairs.part) then
@@ -624,7 +624,7 @@ end
 $$;
 
 comment on function recsql.fold_pairs(integer, boolean) is
-    'Adds the pair counts queued by fold(defer_pairs => true) (all, or one half: part 0 or 1) to item_pairs and '
+    'Adds the pair counts queued by fold(defer_pairs => true) (all, or one part: 0 to 3) to item_pairs and '
     'marks changed lists; returns their events';
 
 
@@ -800,13 +800,15 @@ begin
             perform recsql._merge_pair_delta(1, v_deltas);
             v_paired := v_n;
         elsif v_deltas > 0 then
-            -- Two halves by the parity of item_a, each a row even when empty: fold_status counts
-            -- the events of each half, and they are pending until both halves are added.
+            -- Four parts by item_a modulo 4, each a row even when empty: fold_status counts the
+            -- events of each part, and they are pending until all parts are added. Four, not two:
+            -- the two lanes take parts as they come free, so at the end of a backlog neither waits
+            -- long for the other's last part.
             insert into recsql.pair_queue (events, part, kinds, items_a, items_b, n)
             select v_n, h.part, coalesce(d.kinds, '{}'), coalesce(d.items_a, '{}'), coalesce(d.items_b, '{}'),
                    coalesce(d.n, '{}')
-            from (values (0::smallint), (1::smallint)) h(part)
-            left join (select (x.item_a % 2)::smallint as part, array_agg(x.kind) as kinds,
+            from (values (0::smallint), (1::smallint), (2::smallint), (3::smallint)) h(part)
+            left join (select (x.item_a % 4)::smallint as part, array_agg(x.kind) as kinds,
                               array_agg(x.item_a) as items_a, array_agg(x.item_b) as items_b, array_agg(x.n) as n
                        from pg_temp.recsql_pair_delta x
                        group by 1) d on d.part = h.part;
@@ -877,17 +879,19 @@ declare
     v_len integer;
     v_prune boolean;
     v_full integer;
+    v_scored text;
 begin
     -- Shared: refreshers run side by side on disjoint lists (picked with skip locked below), while
-    -- whoever changes pairs or marks lists holds the lock exclusively (or one half's lock).
+    -- whoever changes pairs or marks lists holds the lock exclusively (or one part's lock).
     if wait then
         perform pg_advisory_xact_lock_shared(recsql._pairs_lock_key());
-        perform pg_advisory_xact_lock_shared(recsql._pair_part_lock_key(0));
-        perform pg_advisory_xact_lock_shared(recsql._pair_part_lock_key(1));
+        perform pg_advisory_xact_lock_shared(recsql._pair_part_lock_key(p)) from generate_series(0, 3) p;
     elsif exists (select 1 from recsql.pair_queue)
           or not (pg_try_advisory_xact_lock_shared(recsql._pairs_lock_key())
                   and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(0))
-                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(1))) then
+                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(1))
+                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(2))
+                  and pg_try_advisory_xact_lock_shared(recsql._pair_part_lock_key(3))) then
         return 0;
     end if;
     if not exists (select 1 from recsql.neighbor_dirty) then
@@ -1037,49 +1041,46 @@ begin
         perform set_config('work_mem', '256MB', true);
     end if;
 
-    -- An item's pairs: those it is item_a of, and those it is item_b of.
-    insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
-    select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
-    from pg_temp.recsql_refresh r
-    join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
-    join recsql.item_stats sb on sb.item_key = p.item_b
-    where p.n >= r.min_n
-    union all
-    select p.kind, p.item_b, p.item_a, p.n, recsql._pair_score(p.n, r.users, sa.n_users, v_settings.similarity)
-    from pg_temp.recsql_refresh r
-    join recsql.item_pairs p on p.kind = r.kind and p.item_b = r.item_key
-    join recsql.item_stats sa on sa.item_key = p.item_a
-    where p.n >= r.min_n;
-
-    -- A join, not a correlated count: the scratch tables have no indexes.
-    update pg_temp.recsql_refresh r
-    set full_scan = true
-    from (
-        select f.kind, f.item_key
-        from pg_temp.recsql_refresh f
-        left join pg_temp.recsql_refresh_scored x
-               on x.kind = f.kind and x.item_a = f.item_key and x.score >= f.floor_score
-        where f.floor_score is not null
-        group by f.kind, f.item_key
-        having count(x.item_b) < v_len
-    ) short
-    where r.kind = short.kind and r.item_key = short.item_key;
-    if found then
-        delete from pg_temp.recsql_refresh_scored x
-        using pg_temp.recsql_refresh r
-        where r.full_scan and x.kind = r.kind and x.item_a = r.item_key;
-        insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score)
-        select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, v_settings.similarity)
+    -- An item's pairs (those it is item_a of, and those it is item_b of), scored; %1$s filters them.
+    -- One text for the three statements below that read them (run with EXECUTE: the settings are
+    -- literals in it, so _pair_score's choice of measure is made once, at planning).
+    v_scored := format($q$
+        select p.kind, p.item_a, p.item_b, p.n, recsql._pair_score(p.n, r.users, sb.n_users, %2$L) as score
         from pg_temp.recsql_refresh r
         join recsql.item_pairs p on p.kind = r.kind and p.item_a = r.item_key
         join recsql.item_stats sb on sb.item_key = p.item_b
-        where r.full_scan and p.n >= v_settings.min_support
+        where %1$s
         union all
-        select p.kind, p.item_b, p.item_a, p.n, recsql._pair_score(p.n, r.users, sa.n_users, v_settings.similarity)
+        select p.kind, p.item_b, p.item_a, p.n, recsql._pair_score(p.n, r.users, sa.n_users, %2$L)
         from pg_temp.recsql_refresh r
         join recsql.item_pairs p on p.kind = r.kind and p.item_b = r.item_key
         join recsql.item_stats sa on sa.item_key = p.item_a
-        where r.full_scan and p.n >= v_settings.min_support;
+        where %1$s$q$, '%1$s', v_settings.similarity);
+
+    if v_prune then
+        execute format('insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score) ' || v_scored,
+                       'p.n >= r.min_n');
+
+        -- A join, not a correlated count: the scratch tables have no indexes.
+        update pg_temp.recsql_refresh r
+        set full_scan = true
+        from (
+            select f.kind, f.item_key
+            from pg_temp.recsql_refresh f
+            left join pg_temp.recsql_refresh_scored x
+                   on x.kind = f.kind and x.item_a = f.item_key and x.score >= f.floor_score
+            where f.floor_score is not null
+            group by f.kind, f.item_key
+            having count(x.item_b) < v_len
+        ) short
+        where r.kind = short.kind and r.item_key = short.item_key;
+        if found then
+            delete from pg_temp.recsql_refresh_scored x
+            using pg_temp.recsql_refresh r
+            where r.full_scan and x.kind = r.kind and x.item_a = r.item_key;
+            execute format('insert into pg_temp.recsql_refresh_scored (kind, item_a, item_b, n, score) ' || v_scored,
+                           format('r.full_scan and p.n >= %s', v_settings.min_support));
+        end if;
     end if;
 
     delete from recsql.neighbor_dirty d
@@ -1092,26 +1093,32 @@ begin
 
     -- Each item's pairs gathered by hashing, then its best v_len sorted apart: many small sorts
     -- instead of one sort of every scored pair (a bulk refresh scores millions). Ranked as stored
-    -- (real), so that a patched list orders ties as a recomputed one.
-    insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together, users)
-    select g.kind, g.item_a, top.neighbors, top.scores, top.together, r.users
-    from (
-        select s.kind, s.item_a, array_agg(s.item_b) as bs, array_agg(s.score::real) as ss, array_agg(s.n) as ns
-        from pg_temp.recsql_refresh_scored s
-        group by s.kind, s.item_a
-    ) g
-    join pg_temp.recsql_refresh r on r.kind = g.kind and r.item_key = g.item_a
-    cross join lateral (
-        select array_agg(c.b order by c.s desc, c.b) as neighbors,
-               array_agg(c.s order by c.s desc, c.b) as scores,
-               array_agg(c.n order by c.s desc, c.b) as together
+    -- (real), so that a patched list orders ties as a recomputed one. Without pruning (no floors)
+    -- the pairs are scored in this statement, not stored first: writing and reading back millions
+    -- of scored pairs was a fifth of a bulk refresh.
+    execute format($q$
+        insert into recsql.neighbor_lists (kind, item_key, neighbors, scores, together, users)
+        select g.kind, g.item_a, top.neighbors, top.scores, top.together, r.users
         from (
-            select u.b, u.s, u.n
-            from unnest(g.bs, g.ss, g.ns) as u(b, s, n)
-            order by u.s desc, u.b
-            limit v_len
-        ) c
-    ) top;
+            select s.kind, s.item_a, array_agg(s.item_b) as bs, array_agg(s.score::real) as ss, array_agg(s.n) as ns
+            from (%s) s
+            group by s.kind, s.item_a
+        ) g
+        join pg_temp.recsql_refresh r on r.kind = g.kind and r.item_key = g.item_a
+        cross join lateral (
+            select array_agg(c.b order by c.s desc, c.b) as neighbors,
+                   array_agg(c.s order by c.s desc, c.b) as scores,
+                   array_agg(c.n order by c.s desc, c.b) as together
+            from (
+                select u.b, u.s, u.n
+                from unnest(g.bs, g.ss, g.ns) as u(b, s, n)
+                order by u.s desc, u.b
+                limit %s
+            ) c
+        ) top$q$,
+        case when v_prune then 'select * from pg_temp.recsql_refresh_scored'
+             else format(v_scored, 'p.n >= r.min_n') end,
+        v_len);
 
     if v_nestloop is not null then
         perform set_config('enable_nestloop', v_nestloop, true);

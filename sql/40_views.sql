@@ -63,7 +63,7 @@ select (select count(*) from recsql.event_inbox) as pending_statements,
        (select min(marked_at) from recsql.neighbor_dirty) as oldest_pending_list,
        f.cooc_horizon,
        f.maintained_at,
-       -- Each half of a fold's queued pairs counts its events; pending until both halves are added.
+       -- Each part of a fold's queued pairs counts its events; pending until all parts are added.
        (select coalesce(max(h.n), 0) from (select sum(q.events) as n from recsql.pair_queue q group by q.part) h)::bigint
            as pending_pair_events
 from recsql.fold_state f;

@@ -91,7 +91,7 @@ def test_a_lane_that_fails_stops_the_folder(db_url, monkeypatch):
 
 def test_two_lanes_work_off_a_backlog_in_slices(db_url, conn):
     """A backlog (a bulk COPY) is folded in slices of at most fold_slice events, oldest first; the
-    lanes end with every event folded, every pair added (half by half) and every list refreshed, in
+    lanes end with every event folded, every pair added (part by part) and every list refreshed, in
     rounds that grow once caught up, and the derived state equals a rebuild's."""
     api.maintain(conn)  # else the folder's first round would, and its flush() fold the backlog at once
     rng = random.Random(7)

@@ -150,7 +150,7 @@ def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
     for user, item in stream[4:]:
         conn.execute("SELECT * FROM recsql.track(%s, %s, 'view')", (user, item))
     conn.execute("SELECT recsql.fold(defer_pairs => true)")
-    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 2  # two halves
+    assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 4  # four parts
     conn.execute("SELECT recsql.forget_user('u1')")
     assert conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"] == 0
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
@@ -158,14 +158,14 @@ def test_deferred_pairs_are_added_by_fold_pairs_and_before_forgetting(conn):
 
 def test_a_drain_sums_the_pairs_of_several_folds_and_takes_one_fold_as_queued(conn):
     """Adding queued pairs: two folds' rows repeat a pair and are summed; one fold's rows (one per
-    half) are added as they are. Both come out as a rebuild makes them."""
+    part) are added as they are. Both come out as a rebuild makes them."""
     for fold_users in (["u1", "u2"], ["u3"]):
         for user in fold_users:
             for item in ("a", "b", "c"):
                 api.track(conn, user, item, "view")
             conn.execute("SELECT recsql.fold(defer_pairs => true)")
         queued = conn.execute("SELECT count(*) AS n FROM recsql.pair_queue").fetchone()["n"]
-        assert queued == 2 * len(fold_users)  # two halves per fold
+        assert queued == 4 * len(fold_users)  # four parts per fold
         assert conn.execute("SELECT recsql.fold_pairs() AS n").fetchone()["n"] == 3 * len(fold_users)
     pairs = conn.execute("SELECT item_a, item_b, n FROM recsql.item_pairs WHERE kind = 'v'").fetchall()
     assert sorted(p["n"] for p in pairs) == [3, 3, 3]  # (a, b), (a, c), (b, c): once per user
@@ -189,28 +189,36 @@ def _queue_three_folds(conn: psycopg.Connection[Any]) -> None:
         assert row["n"] == 120
 
 
-def test_queued_pairs_come_in_two_halves_that_lock_apart(db_url, conn):
-    """fold(defer_pairs) queues each fold's pairs in two halves by item_a's parity. While one half is
-    being added, the other can be added beside it, whereas adding that half again, adding all pairs
-    or refreshing lists step aside (without wait: at once); the events stay pending until both
-    halves are in."""
+def test_queued_pairs_come_in_four_parts_that_lock_apart(db_url, conn):
+    """fold(defer_pairs) queues each fold's pairs in four parts by item_a modulo 4. While one part is
+    being added, the others can be added beside it, whereas adding that part again, adding all pairs
+    or refreshing lists step aside (without wait: at once); the events stay pending until all
+    parts are in."""
     _queue_three_folds(conn)
-    halves = conn.execute(
+    parts = conn.execute(
         "SELECT part, count(*) AS folds, sum(events) AS events, bool_and(items_a <@ ARRAY(SELECT x FROM"
-        " generate_series(part, 100, 2) x)) AS parity FROM recsql.pair_queue GROUP BY part ORDER BY part"
+        " generate_series(part, 100, 4) x)) AS modulo, sum(cardinality(items_a)) AS pairs"
+        " FROM recsql.pair_queue GROUP BY part ORDER BY part"
     ).fetchall()
-    assert [(h["part"], h["folds"], h["events"], h["parity"]) for h in halves] == [
+    assert [(h["part"], h["folds"], h["events"], h["modulo"]) for h in parts] == [
         (0, 3, 360, True),
         (1, 3, 360, True),
+        (2, 3, 360, True),
+        (3, 3, 360, True),
     ]
-    with psycopg.connect(db_url) as other:  # holds the locks of a session adding half 0
+    assert all(h["pairs"] > 0 for h in parts)
+    with psycopg.connect(db_url) as other:  # holds the locks of a session adding part 0
         other.execute(
             "SELECT pg_advisory_xact_lock_shared(recsql._pairs_lock_key()),"
             " pg_advisory_xact_lock(recsql._pair_part_lock_key(0))"
         )
         assert conn.execute("SELECT recsql.fold_pairs(0, wait => false) AS n").fetchone()["n"] == 0
         assert conn.execute("SELECT recsql.fold_pairs(wait => false) AS n").fetchone()["n"] == 0
-        assert conn.execute("SELECT recsql.fold_pairs(1, wait => false) AS n").fetchone()["n"] == 360
+        for part in (1, 2, 3):
+            assert (
+                conn.execute("SELECT recsql.fold_pairs(%s, wait => false) AS n", (part,)).fetchone()["n"]
+                == 360
+            )
         assert (
             conn.execute("SELECT pending_pair_events FROM recsql.fold_status").fetchone()[
                 "pending_pair_events"
@@ -224,21 +232,24 @@ def test_queued_pairs_come_in_two_halves_that_lock_apart(db_url, conn):
     assert conn.execute("SELECT recsql.refresh_neighbors(wait => false) AS n").fetchone()["n"] > 0
 
 
-def test_two_sessions_add_the_halves_side_by_side_exactly(db_url, conn):
-    """Two sessions adding one half each at the same time (they mark the same lists: the second waits
-    for the first to commit, no deadlock) leave the state a rebuild makes."""
+def test_two_sessions_add_the_parts_side_by_side_exactly(db_url, conn):
+    """Two sessions adding the parts at the same time, from either end (they mark the same lists: the
+    second waits for the first to commit, no deadlock), leave the state a rebuild makes."""
     _queue_three_folds(conn)
     start = threading.Barrier(2)
 
-    def add(part: int) -> int:
+    def add(parts: tuple[int, ...]) -> list[int]:
         with psycopg.connect(db_url, autocommit=True) as session:
             start.wait()
-            row = session.execute("SELECT recsql.fold_pairs(%s)", (part,)).fetchone()
-            assert row is not None
-            return int(row[0])
+            added = []
+            for part in parts:
+                row = session.execute("SELECT recsql.fold_pairs(%s)", (part,)).fetchone()
+                assert row is not None
+                added.append(int(row[0]))
+            return added
 
     with ThreadPoolExecutor(2) as pool:
-        assert sorted(pool.map(add, (0, 1))) == [360, 360]
+        assert list(pool.map(add, ((0, 1), (3, 2)))) == [[360, 360], [360, 360]]
     assert (
         conn.execute("SELECT pending_pair_events FROM recsql.fold_status").fetchone()["pending_pair_events"]
         == 0
@@ -247,9 +258,10 @@ def test_two_sessions_add_the_halves_side_by_side_exactly(db_url, conn):
     assert_same_state(snapshot(conn), rebuilt_snapshot(conn))
 
 
-def test_fold_pairs_names_its_halves(conn):
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="part must be 0, 1 or null"):
-        conn.execute("SELECT recsql.fold_pairs(2)")
+def test_fold_pairs_names_its_parts(conn):
+    for part in (-1, 4):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="part must be 0, 1, 2, 3 or null"):
+            conn.execute("SELECT recsql.fold_pairs(%s)", (part,))
 
 
 def test_a_backlog_folds_in_slices_of_max_events(conn):

@@ -48,3 +48,38 @@ def test_the_fold_lane_refreshes_its_share_of_big_rounds_under_steady_traffic(db
     assert any(helped), f"the fold lane never refreshed a share ({len(helped)} requests)"
     api.flush(conn)
     assert conn.execute("SELECT count(*) AS n FROM recsql.neighbor_dirty").fetchone()["n"] == 0
+
+
+def _copy_views(conn: Any, users: int, n: int, first: int = 0) -> None:
+    rows = [(f"u{i % users}", f"i{(i * 7) % 50}", "view") for i in range(first, first + n)]
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY recsql.events (user_id, item_id, event_type) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+
+
+def test_the_list_lane_yields_to_writers_only_behind_a_growing_backlog(conn, monkeypatch):
+    """The list lane leaves queued pairs alone while events keep arriving faster than they are folded
+    (a backlog of BACKLOG_EVENTS or more that grew since it last looked), never for longer than
+    backlog_refresh_s, and never when nothing is queued or no backlog waits."""
+    monkeypatch.setattr(worker, "BACKLOG_EVENTS", 100)
+    folder = Folder(None, backlog_refresh_s=60)
+    assert not folder._yield_to_writers(conn)  # nothing queued, nothing pending, first look
+    _copy_views(conn, 20, 300)
+    api.fold(conn, defer_pairs=True)  # pairs queued, nothing pending
+    _copy_views(conn, 20, 300, first=300)  # a backlog of 300 events
+    assert not folder._yield_to_writers(conn)  # its first look: it cannot tell whether writers go on
+    assert not folder._yield_to_writers(conn)  # no event since it last looked: the writers paused
+    _copy_views(conn, 20, 300, first=600)
+    assert folder._yield_to_writers(conn)  # writing, behind, pairs young: leave them
+    _copy_views(conn, 20, 300, first=900)
+    conn.execute("UPDATE recsql.pair_queue SET queued_at = now() - interval '61 seconds'")
+    assert not folder._yield_to_writers(conn)  # the queued pairs waited backlog_refresh_s
+    conn.execute("UPDATE recsql.pair_queue SET queued_at = now()")
+    _copy_views(conn, 20, 300, first=1200)
+    monkeypatch.setattr(worker, "BACKLOG_EVENTS", 10_000)
+    assert not folder._yield_to_writers(conn)  # writing, but no backlog: steady traffic
+    monkeypatch.setattr(worker, "BACKLOG_EVENTS", 100)
+    conn.execute("DELETE FROM recsql.pair_queue")
+    _copy_views(conn, 20, 300, first=1500)
+    assert not folder._yield_to_writers(conn)  # nothing queued to leave

@@ -139,3 +139,51 @@ def test_stop_wakes_a_fold_lane_waiting_for_a_request_for_help() -> None:
     folder.stop()
     paused.join(timeout=5)
     assert not paused.is_alive()
+
+
+def test_a_role_that_may_not_read_the_events_sequence_stops_yielding(monkeypatch, caplog) -> None:
+    """Without the privilege to read the events' sequence the list lane adds pairs as they come
+    (and says so once) instead of failing its rounds."""
+    import psycopg
+
+    folder = Folder(idle_s=0)
+    calls = []
+
+    def refused(conn: object) -> None:
+        calls.append(conn)
+        raise psycopg.errors.InsufficientPrivilege("permission denied for sequence events_seq_seq")
+
+    monkeypatch.setattr(folder, "_writers_probe", refused)
+    with caplog.at_level("WARNING", logger="recsql.worker"):
+        assert folder._yield_to_writers(object()) is False  # type: ignore[arg-type]
+        assert folder._yield_to_writers(object()) is False  # type: ignore[arg-type]
+    assert len(calls) == 1
+    assert "will not yield to writers" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("queued", "all_at_once", "expected_calls"),
+    [
+        (200, 3, [None]),  # steady traffic: every part in one transaction
+        (200, 0, [None, 0, 1, 2, 3]),  # the fold lane holds a part: part by part, skipping it
+        (50_000, 3, [0, 1, 2, 3]),  # behind a backlog: part by part, for the fold lane to share
+    ],
+)
+def test_the_list_lane_adds_a_trickle_at_once_and_a_backlog_part_by_part(
+    monkeypatch, queued: int, all_at_once: int, expected_calls: list[int | None]
+) -> None:
+    from recsql import api
+
+    calls: list[int | None] = []
+
+    def fold_pairs(conn: object, part: int | None = None, *, wait: bool = True) -> int:
+        assert wait is False
+        calls.append(part)
+        return all_at_once if part is None else 1
+
+    monkeypatch.setattr(api, "fold_pairs", fold_pairs)
+    monkeypatch.setattr(Folder, "_without_events", staticmethod(lambda conn, call: call()))
+    folder = Folder(idle_s=0)
+    added = folder._add_queued(object(), queued)  # type: ignore[arg-type]
+    assert calls == expected_calls
+    assert added == (all_at_once if expected_calls == [None] else 1)
