@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 
@@ -24,6 +24,17 @@ BACKLOG_PAIRS_S = 1.0
 # The parts of each fold's queued pairs (recsql.pair_queue.part, by item_a modulo 4), in the order
 # the list lane adds them; the fold lane helps from the other end.
 PARTS = (0, 1, 2, 3)
+# The list lane's view at the start of a round (Folder._round_state). The sequence is read only
+# where this role may (a CASE is evaluated lazily), so that the query cannot fail on it.
+_ROUND_STATE: LiteralString = (
+    "SELECT q.readable, CASE WHEN q.readable THEN pg_sequence_last_value(q.name::regclass) END AS seq,"
+    " (SELECT min(p.queued_at) < now() - make_interval(secs => %s) FROM recsql.pair_queue p) AS old,"
+    " (SELECT coalesce(sum(i.n), 0)::bigint FROM recsql.event_inbox i) AS pending,"
+    " (SELECT coalesce(max(h.n), 0) FROM (SELECT sum(p.events) AS n FROM recsql.pair_queue p GROUP BY p.part) h)"
+    " AS queued"
+    " FROM (SELECT s.name, has_sequence_privilege(s.name, 'SELECT, USAGE') AS readable"
+    " FROM pg_get_serial_sequence('recsql.events', 'seq') AS s(name)) q"
+)
 # Refresh rounds grow up to this many times lists_per_round while many lists are due (see
 # Folder._lists_round).
 BULK_ROUNDS = 4
@@ -228,14 +239,6 @@ class Folder(Loop):
                 return paired
         return self._add_pairs(conn, PARTS)
 
-    @staticmethod
-    def _queued_events(conn: psycopg.Connection[Any]) -> int:
-        """Events whose pairs are queued (fold_status.pending_pair_events): 0 when none."""
-        row = conn.execute(
-            "SELECT coalesce(max(h.n), 0) AS n FROM (SELECT sum(events) AS n FROM recsql.pair_queue GROUP BY part) h"
-        ).fetchone()
-        return int(row["n"]) if row else 0
-
     def _lists_round(self, conn: psycopg.Connection[Any], caught_up: bool) -> int:
         """How many lists one refresh round takes: lists_per_round; once the lanes have caught up
         (no events or pairs waiting) and more than twice that many lists are due (the end of a
@@ -328,12 +331,12 @@ class Folder(Loop):
         while not self._stop.is_set():
             started = time.perf_counter()
             self._queued.clear()
-            if self._yield_to_writers(conn):
+            state = self._round_state(conn)
+            if self._yield_to_writers(state):
                 self._pause(True, started)
                 continue
             # One query when nothing is queued, not transactions that would find nothing.
-            queued = self._queued_events(conn)
-            paired = self._add_queued(conn, queued) if queued else 0
+            paired = self._add_queued(conn, state["queued"]) if state["queued"] else 0
             paired_at = time.perf_counter()
             # Under steady traffic the same popular items' lists are marked again every round:
             # refreshing them at most every refresh_s (and at once when the pairs stop) does the
@@ -354,10 +357,21 @@ class Folder(Loop):
                 self.on_lists(paired, refreshed, paired_at - started, time.perf_counter() - paired_at)
             self._pause(bool(paired or refreshed), started, self._queued)
 
-    def _yield_to_writers(self, conn: psycopg.Connection[Any]) -> bool:
-        """Whether the list lane leaves the queued pairs for now: while writers are still inserting
-        (the events' sequence moved since the lane last looked) faster than the fold lane folds (a
-        backlog of BACKLOG_EVENTS or more), and no queued pairs have waited backlog_refresh_s yet.
+    def _round_state(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        """What a list-lane round starts from, in one query: the events whose pairs are queued
+        (``queued``, as fold_status.pending_pair_events), the events the fold lane has not folded
+        (``pending``), whether the oldest queued pairs waited backlog_refresh_s (``old``, null when
+        none are queued), and the events' sequence (``seq``, null when this role may not read it,
+        ``readable`` false)."""
+        row = conn.execute(_ROUND_STATE, (self.backlog_refresh_s,)).fetchone()
+        assert row is not None  # one row, always
+        return dict(row)
+
+    def _yield_to_writers(self, state: dict[str, Any]) -> bool:
+        """Whether the list lane leaves the queued pairs for now (``state`` from _round_state):
+        while writers are still inserting (the events' sequence moved since the lane last looked)
+        faster than the fold lane folds (a backlog of BACKLOG_EVENTS or more), and no queued pairs
+        have waited backlog_refresh_s yet.
 
         Then the writers, the fold lane and the list lane would share the cores, and the fold lane,
         which every later step waits for, would get only part of one. Left alone, the queued pairs
@@ -365,31 +379,18 @@ class Folder(Loop):
         backlog already puts on refreshing lists). Streaming 1M events (bench/ingest.py) on two
         cores, together with the four parts of migration 0016 this cut the cores' idle time from a
         mean of 6.5 to 4.8 core-seconds (six interleaved pairs of runs; see the README)."""
-        if not self._yielding:
+        if not state["readable"]:
+            if self._yielding:  # a role that may not read the sequence: add pairs as they come
+                log.warning(
+                    "folder: the events' sequence is not readable; the list lane will not yield to writers"
+                )
+                self._yielding = False
             return False
-        try:
-            row = self._writers_probe(conn)
-        except psycopg.errors.InsufficientPrivilege as exc:
-            # A role that may not read the events' sequence: add pairs as they come, as before.
-            log.warning("folder: %s; the list lane will not yield to writers", exc)
-            self._yielding = False
-            return False
-        if row is None:
-            return False
-        seq = row["s"]
+        seq = state["seq"]
         writing = seq is not None and self._last_seq is not None and seq > self._last_seq
         self._last_seq = seq
         # "old" is null when nothing is queued: nothing to leave.
-        return bool(writing and row["old"] is False and row["pending"] >= BACKLOG_EVENTS)
-
-    def _writers_probe(self, conn: psycopg.Connection[Any]) -> Any:
-        """The events' sequence, whether queued pairs waited backlog_refresh_s, and events pending."""
-        return conn.execute(
-            "SELECT pg_sequence_last_value(pg_get_serial_sequence('recsql.events', 'seq')) AS s,"
-            " (SELECT min(queued_at) < now() - make_interval(secs => %s) FROM recsql.pair_queue) AS old,"
-            " (SELECT coalesce(sum(n), 0) FROM recsql.event_inbox) AS pending",
-            (self.backlog_refresh_s,),
-        ).fetchone()
+        return bool(writing and state["old"] is False and state["pending"] >= BACKLOG_EVENTS)
 
     def _one_lane(self, conn: psycopg.Connection[Any]) -> None:
         """Both lanes' work in one session, one after the other."""

@@ -64,22 +64,32 @@ def test_the_list_lane_yields_to_writers_only_behind_a_growing_backlog(conn, mon
     backlog_refresh_s, and never when nothing is queued or no backlog waits."""
     monkeypatch.setattr(worker, "BACKLOG_EVENTS", 100)
     folder = Folder(None, backlog_refresh_s=60)
-    assert not folder._yield_to_writers(conn)  # nothing queued, nothing pending, first look
+    assert not folder._yield_to_writers(
+        folder._round_state(conn)
+    )  # nothing queued, nothing pending, first look
     _copy_views(conn, 20, 300)
     api.fold(conn, defer_pairs=True)  # pairs queued, nothing pending
+    state = folder._round_state(conn)
+    assert (state["readable"], state["queued"], state["pending"]) == (True, 300, 0)
     _copy_views(conn, 20, 300, first=300)  # a backlog of 300 events
-    assert not folder._yield_to_writers(conn)  # its first look: it cannot tell whether writers go on
-    assert not folder._yield_to_writers(conn)  # no event since it last looked: the writers paused
+    assert not folder._yield_to_writers(
+        folder._round_state(conn)
+    )  # its first look: it cannot tell whether writers go on
+    assert not folder._yield_to_writers(
+        folder._round_state(conn)
+    )  # no event since it last looked: the writers paused
     _copy_views(conn, 20, 300, first=600)
-    assert folder._yield_to_writers(conn)  # writing, behind, pairs young: leave them
+    assert folder._yield_to_writers(folder._round_state(conn))  # writing, behind, pairs young: leave them
     _copy_views(conn, 20, 300, first=900)
     conn.execute("UPDATE recsql.pair_queue SET queued_at = now() - interval '61 seconds'")
-    assert not folder._yield_to_writers(conn)  # the queued pairs waited backlog_refresh_s
+    assert not folder._yield_to_writers(
+        folder._round_state(conn)
+    )  # the queued pairs waited backlog_refresh_s
     conn.execute("UPDATE recsql.pair_queue SET queued_at = now()")
     _copy_views(conn, 20, 300, first=1200)
     monkeypatch.setattr(worker, "BACKLOG_EVENTS", 10_000)
-    assert not folder._yield_to_writers(conn)  # writing, but no backlog: steady traffic
+    assert not folder._yield_to_writers(folder._round_state(conn))  # writing, but no backlog: steady traffic
     monkeypatch.setattr(worker, "BACKLOG_EVENTS", 100)
     conn.execute("DELETE FROM recsql.pair_queue")
     _copy_views(conn, 20, 300, first=1500)
-    assert not folder._yield_to_writers(conn)  # nothing queued to leave
+    assert not folder._yield_to_writers(folder._round_state(conn))  # nothing queued to leave
