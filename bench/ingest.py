@@ -217,16 +217,19 @@ def streaming_load(
             while True:
                 # The database's count, not the folder's: whoever folded the events, the state
                 # counts as maintained once nothing is pending.
+                # The index of pairs by partner too: a bulk of pairs is added without it, and the
+                # first refresh after the bulk builds it again (recsql._drop_pair_b_index).
                 pending = benchdb.one(
                     conn,
-                    "SELECT folded_events, pending_events, pending_pair_events, pending_lists"
-                    " FROM recsql.fold_status",
+                    "SELECT folded_events, pending_events, pending_pair_events, pending_lists,"
+                    " recsql._pair_b_index() IS NOT NULL AS indexed FROM recsql.fold_status",
                 )
                 if (
                     pending["folded_events"] >= n_events
                     and pending["pending_events"] == 0
                     and pending["pending_pair_events"] == 0
                     and pending["pending_lists"] == 0
+                    and pending["indexed"]
                 ):
                     break
                 time.sleep(0.05)

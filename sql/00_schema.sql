@@ -201,8 +201,11 @@ comment on column recsql.fold_state.windows_key is
 -- Each user's recent windows, as of the last folded event: what the next event pairs with. A cache
 -- of the log (rebuilt from it whenever missing), so that a fold reads one row per user instead of
 -- the user's last events and their items.
+-- The user ids of the derived tables compare as bytes (collate "C"): internal keys, looked up and
+-- sorted on every fold, for which locale rules cost a strcoll per comparison and buy nothing (the
+-- same ids are equal under any deterministic collation). recsql.events keeps the database's.
 create table recsql.user_windows (
-    user_id text constraint user_windows_pkey primary key,
+    user_id text collate "C" constraint user_windows_pkey primary key,
     items integer[] not null,
     conversions integer[] not null
 );
@@ -213,7 +216,7 @@ comment on table recsql.user_windows is
     'with no row has their windows read from recsql.events';
 
 create table recsql.user_item_events (
-    user_id text not null,
+    user_id text collate "C" not null,  -- as in user_windows
     item_key integer not null,
     event_type text not null,
     n integer not null,

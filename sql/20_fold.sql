@@ -401,6 +401,81 @@ $$;
 comment on function recsql._pair_delta(integer, timestamptz, timestamptz) is
     'Computes the batch events'' pair count deltas into pg_temp.recsql_pair_delta; returns the row count';
 
+-- item_pairs' index by partner (item_b): what a neighbour list recomputed on its own reads the pairs
+-- it is the second item of by. Null while a bulk of pairs is being added without it (see
+-- _drop_pair_b_index). Found by its leading column, not its name: a model state's copy of the table
+-- may name it otherwise.
+create function recsql._pair_b_index() returns regclass
+language sql stable as $$
+    select i.indexrelid::regclass
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+    where i.indrelid = 'recsql.item_pairs'::regclass and not i.indisunique and a.attname = 'item_b'
+    limit 1
+$$;
+
+comment on function recsql._pair_b_index() is
+    'The index of item_pairs by item_b, or null while a bulk of pairs is added without it';
+
+-- Bulk loads: a merge of many pair deltas drops the index by item_b for the rest of the bulk, and
+-- the first neighbour-list refresh after it (nothing queued, no backlog of events) builds it again
+-- (_restore_pair_b_index). Inserting a new pair into that index costs about ten times what
+-- sorting it into a fresh one does: streaming 1M events (bench/ingest.py), adding the pairs took a
+-- third less time without it. Only for merges of at least recsql.pair_index_drop_rows deltas (a
+-- setting, default 50,000) and at least a quarter of the pairs already stored, so that the pairs
+-- of the bulk outnumber what the rebuild sorts; never for removals. Nothing waits for it: when
+-- another transaction uses item_pairs, the index stays. Returns whether it dropped the index.
+create function recsql._drop_pair_b_index(p_deltas bigint) returns boolean
+language plpgsql as $$
+declare
+    v_index regclass := recsql._pair_b_index();
+begin
+    if v_index is null
+       or p_deltas < coalesce(nullif(current_setting('recsql.pair_index_drop_rows', true), '')::bigint, 50000)
+       or p_deltas * 4 < (select c.reltuples from pg_catalog.pg_class c where c.oid = 'recsql.item_pairs'::regclass) then
+        return false;
+    end if;
+    begin
+        lock table recsql.item_pairs in access exclusive mode nowait;
+    exception when lock_not_available then
+        return false;
+    end;
+    execute format('drop index %s', v_index);
+    return true;
+end
+$$;
+
+comment on function recsql._drop_pair_b_index(bigint) is
+    'Drops item_pairs'' index by item_b before a bulk merge of p_deltas pair deltas (see the comment above it)';
+
+-- Builds item_pairs' index by item_b again after a bulk (see _drop_pair_b_index), unless it exists,
+-- pairs are still queued, a backlog of events waits for folding, or another transaction is building
+-- it (or writing pairs) now. Returns whether it built it.
+create function recsql._restore_pair_b_index() returns boolean
+language plpgsql as $$
+begin
+    if recsql._pair_b_index() is not null
+       or exists (select 1 from recsql.pair_queue)
+       or (select coalesce(sum(q.n), 0) from recsql.event_inbox q) >= 10000 then
+        return false;
+    end if;
+    begin
+        -- Conflicts with itself and with writers of pairs, not with readers.
+        lock table recsql.item_pairs in share row exclusive mode nowait;
+    exception when lock_not_available then
+        return false;
+    end;
+    if recsql._pair_b_index() is not null then  -- built by another transaction meanwhile
+        return false;
+    end if;
+    create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
+    return true;
+end
+$$;
+
+comment on function recsql._restore_pair_b_index() is
+    'Builds item_pairs'' index by item_b again once a bulk of pairs is added; returns whether it did';
+
 -- Adds the count deltas in pg_temp.recsql_pair_delta (p_deltas rows; p_sign -1: removals) to item_pairs
 -- and marks the neighbour lists they change. The caller holds the pairs lock (or, adding one part of
 -- the queued pairs, that part's lock; then p_analyze is false for parts 1-3, so that the parts'
@@ -416,6 +491,9 @@ begin
     if p_sign < 0 or p_deltas > 10000 then
         -- Removals (a listed partner may drop out) and bulk folds (most lists change anyway): every
         -- touched list is recomputed whole.
+        if p_sign > 0 then
+            perform recsql._drop_pair_b_index(p_deltas);
+        end if;
         insert into recsql.item_pairs as p (kind, item_a, item_b, n)
         select d.kind, d.item_a, d.item_b, d.n
         from pg_temp.recsql_pair_delta d
@@ -641,20 +719,22 @@ begin
         returning * into v_settings;
     end if;
 
-    -- Items gaining a user: any (user, item) with no earlier event.
+    -- Items gaining a user: any (user, item) with no earlier event. User ids as bytes (collate
+    -- "C", as user_item_events has them): the same groups, compared with memcmp.
     delete from pg_temp.recsql_new_users;  -- empty after _batch_reset(), as above
     insert into pg_temp.recsql_new_users (item_key, n)
     select u.item_key, count(*)
-    from (select distinct b.user_id, b.item_key from pg_temp.recsql_batch b) u
+    from (select distinct b.user_id collate "C" as user_id, b.item_key from pg_temp.recsql_batch b) u
     where not exists (
         select 1 from recsql.user_item_events x where x.user_id = u.user_id and x.item_key = u.item_key)
     group by u.item_key;
 
     insert into recsql.user_item_events as x (user_id, item_key, event_type, n, value_sum, first_ts, last_ts)
-    select b.user_id, b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0), min(b.ts), max(b.ts)
+    select b.user_id collate "C", b.item_key, b.event_type, count(*), coalesce(sum(b.value::numeric), 0),
+           min(b.ts), max(b.ts)
     from pg_temp.recsql_batch b
-    group by b.user_id, b.item_key, b.event_type
-    order by b.user_id, b.item_key, b.event_type
+    group by 1, 2, 3
+    order by 1, 2, 3  -- the primary key's order
     on conflict (user_id, item_key, event_type) do update
     set n = x.n + excluded.n,
         value_sum = x.value_sum + excluded.value_sum,
@@ -821,8 +901,13 @@ begin
     if v_n > 50000 then
         -- A bulk fold changes the derived tables faster than autovacuum re-samples them; fresh
         -- statistics keep the next folds on good plans. Only tables that changed by a fifth since
-        -- their last analyze (item_pairs: see _merge_pair_delta).
-        analyze recsql.item_stats;
+        -- their last analyze (item_pairs: see _merge_pair_delta); item_stats, whose rows every bulk
+        -- fold updates (one per item), once its rows grew by a fifth: the plans need its size.
+        if (select c.reltuples < 0 or s.n_live_tup > 1.2 * c.reltuples
+            from pg_class c join pg_stat_user_tables s on s.relid = c.oid
+            where c.oid = 'recsql.item_stats'::regclass) then
+            analyze recsql.item_stats;
+        end if;
         if (select n_mod_since_analyze > 0.2 * greatest(n_live_tup, 1000)
             from pg_stat_user_tables where relid = 'recsql.user_item_events'::regclass) then
             analyze recsql.user_item_events;
@@ -897,6 +982,9 @@ begin
     if not exists (select 1 from recsql.neighbor_dirty) then
         return 0;  -- idle: leave the scratch tables alone
     end if;
+    -- After a bulk of pairs (lists are always due then): the index by item_b, which lists
+    -- recomputed a few at a time read their pairs by.
+    perform recsql._restore_pair_b_index();
     select * into v_settings from recsql.settings;
     v_len := v_settings.neighbors_per_item;
 
@@ -945,9 +1033,10 @@ begin
         for update of d skip locked
     ) p;
     get diagnostics v_n = row_count;
-    if v_n <= 1000 then
+    if v_n <= 1000 and recsql._pair_b_index() is not null then
         -- A round of a few lists (steady traffic: several a second): hashing every item's statistics
-        -- and neighbour list took 5-10 ms per statement, most of such a round.
+        -- and neighbour list took 5-10 ms per statement, most of such a round. (Not while the index
+        -- by item_b is being rebuilt elsewhere: each list would scan every pair.)
         v_joins := recsql._lookup_joins();
     end if;
 

@@ -1,7 +1,8 @@
 -- Stable views for analysts and BI tools. Column names here are a contract: add, never rename.
 
+-- user_id in the database's collation, as in recsql.events (the table's is "C": see user_windows).
 create view recsql.user_items as
-select x.user_id,
+select x.user_id collate "default" as user_id,
        i.item_id,
        greatest(0, sum(t.weight * ln(1 + x.n) / ln(2)
            * case when t.value_max is null then 1

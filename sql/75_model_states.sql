@@ -26,7 +26,7 @@ language sql immutable parallel safe as $$
     select array[
         -- folding
         '_batch_resolve_items', '_windows_key', '_batch_add_context', '_save_windows', '_pairs_lock_key', '_pair_part_lock_key', '_pair_delta',
-        '_merge_pair_delta',
+        '_merge_pair_delta', '_pair_b_index', '_drop_pair_b_index', '_restore_pair_b_index',
         '_apply_pairs', '_drain_pair_queue', '_apply_stats', 'fold', 'fold_pairs', 'refresh_neighbors', 'flush',
         'mark_all_neighbors', 'rebuild', '_forget_state', 'maintain', 'state_digest',
         -- queries, so that a candidate can serve an online test from its own state

@@ -16,7 +16,7 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CATALOG = {
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attnum
+               pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attnum, a.attcollation::regcollation::text
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE c.relnamespace = 'recsql'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
