@@ -424,7 +424,8 @@ comment on function recsql._pair_b_index() is
 -- third less time without it. Only for merges of at least recsql.pair_index_drop_rows deltas (a
 -- setting, default 50,000) and at least a quarter of the pairs already stored, so that the pairs
 -- of the bulk outnumber what the rebuild sorts; never for removals. Nothing waits for it: when
--- another transaction uses item_pairs, the index stays. Returns whether it dropped the index.
+-- another transaction uses item_pairs, or this role does not own it, the index stays. Returns
+-- whether it dropped the index.
 create function recsql._drop_pair_b_index(p_deltas bigint) returns boolean
 language plpgsql as $$
 declare
@@ -437,10 +438,10 @@ begin
     end if;
     begin
         lock table recsql.item_pairs in access exclusive mode nowait;
-    exception when lock_not_available then
-        return false;
+        execute format('drop index %s', v_index);
+    exception when lock_not_available or insufficient_privilege then
+        return false;  -- in use, or this role does not own the table: added with the index
     end;
-    execute format('drop index %s', v_index);
     return true;
 end
 $$;
@@ -450,7 +451,8 @@ comment on function recsql._drop_pair_b_index(bigint) is
 
 -- Builds item_pairs' index by item_b again after a bulk (see _drop_pair_b_index), unless it exists,
 -- pairs are still queued, a backlog of events waits for folding, or another transaction is building
--- it (or writing pairs) now. Returns whether it built it.
+-- it (or writing pairs) now, or this role may not (it does not own item_pairs). Returns whether it
+-- built it.
 create function recsql._restore_pair_b_index() returns boolean
 language plpgsql as $$
 begin
@@ -462,13 +464,13 @@ begin
     begin
         -- Conflicts with itself and with writers of pairs, not with readers.
         lock table recsql.item_pairs in share row exclusive mode nowait;
-    exception when lock_not_available then
-        return false;
+        if recsql._pair_b_index() is not null then  -- built by another transaction meanwhile
+            return false;
+        end if;
+        create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
+    exception when lock_not_available or insufficient_privilege then
+        return false;  -- being built, or this role does not own the table: a later refresh builds it
     end;
-    if recsql._pair_b_index() is not null then  -- built by another transaction meanwhile
-        return false;
-    end if;
-    create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
     return true;
 end
 $$;

@@ -33,10 +33,10 @@ begin
     end if;
     begin
         lock table recsql.item_pairs in access exclusive mode nowait;
-    exception when lock_not_available then
-        return false;
+        execute format('drop index %s', v_index);
+    exception when lock_not_available or insufficient_privilege then
+        return false;  -- in use, or this role does not own the table: added with the index
     end;
-    execute format('drop index %s', v_index);
     return true;
 end
 $$;
@@ -55,13 +55,13 @@ begin
     begin
         -- Conflicts with itself and with writers of pairs, not with readers.
         lock table recsql.item_pairs in share row exclusive mode nowait;
-    exception when lock_not_available then
-        return false;
+        if recsql._pair_b_index() is not null then  -- built by another transaction meanwhile
+            return false;
+        end if;
+        create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
+    exception when lock_not_available or insufficient_privilege then
+        return false;  -- being built, or this role does not own the table: a later refresh builds it
     end;
-    if recsql._pair_b_index() is not null then  -- built by another transaction meanwhile
-        return false;
-    end if;
-    create index item_pairs_b_idx on recsql.item_pairs (item_b, kind);
     return true;
 end
 $$;

@@ -5,11 +5,13 @@ the index, nothing waits for the drop, and a model state's copy drops only its o
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from recsql import api
 
@@ -152,3 +154,32 @@ def test_a_model_state_drops_and_builds_only_its_own_index(bulk: Conn) -> None:
     bulk.execute(sql.SQL("SELECT {}.mark_all_neighbors()").format(sql.Identifier(schema)))
     bulk.execute(sql.SQL("SELECT {}.refresh_neighbors()").format(sql.Identifier(schema)))
     assert _indexed(bulk, schema)
+
+
+def test_a_role_that_does_not_own_the_pairs_adds_them_with_the_index(bulk: Conn, db_url: str) -> None:
+    role = sql.Identifier(f"recsql_t_writer_{uuid.uuid4().hex[:8]}")
+    for grant in (
+        "CREATE ROLE {}",
+        "GRANT USAGE ON SCHEMA recsql TO {}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA recsql TO {}",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA recsql TO {}",
+    ):
+        bulk.execute(sql.SQL(grant).format(role))
+    try:
+        _events(bulk, 12_000, seed=7)
+        with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as writer:
+            writer.execute(f"SET recsql.pair_index_drop_rows = {DROP_ROWS}")
+            writer.execute(sql.SQL("SET ROLE {}").format(role))
+            api.fold(writer, defer_pairs=True)
+            api.fold_pairs(writer)  # may not drop the index: adds the pairs with it
+            assert _indexed(writer) and _count(writer, "pair_queue") == 0
+
+            bulk.execute("DROP INDEX recsql.item_pairs_b_idx")  # as a bulk by the owner would
+            api.refresh_neighbors(writer)  # may not build it: refreshes without it
+            assert not _indexed(writer) and _count(writer, "neighbor_dirty") == 0
+        bulk.execute("SELECT recsql.mark_all_neighbors()")
+        api.refresh_neighbors(bulk)
+        assert _indexed(bulk)
+    finally:
+        bulk.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        bulk.execute(sql.SQL("DROP ROLE {}").format(role))
