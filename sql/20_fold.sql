@@ -419,9 +419,10 @@ comment on function recsql._pair_b_index() is
 
 -- Bulk loads: a merge of many pair deltas drops the index by item_b for the rest of the bulk, and
 -- the first neighbour-list refresh after it (nothing queued, no backlog of events) builds it again
--- (_restore_pair_b_index). Inserting a new pair into that index costs about ten times what
--- sorting it into a fresh one does: streaming 1M events (bench/ingest.py), adding the pairs took a
--- third less time without it. Only for merges of at least recsql.pair_index_drop_rows deltas (a
+-- (_restore_pair_b_index). Inserting new pairs into that index one by one costs several times
+-- what sorting them into a fresh one does (a merge of 900,000 events' pairs: 0.6 s more with the
+-- index; building it on 774,000 pairs: 0.25 s); streaming 1M events (bench/ingest.py), adding the
+-- pairs took a third less time without it. Only for merges of at least recsql.pair_index_drop_rows deltas (a
 -- setting, default 50,000) and at least a quarter of the pairs already stored, so that the pairs
 -- of the bulk outnumber what the rebuild sorts; never for removals. Nothing waits for it: when
 -- another transaction uses item_pairs, or this role does not own it, the index stays. Returns
