@@ -431,9 +431,15 @@ create function recsql._drop_pair_b_index(p_deltas bigint) returns boolean
 language plpgsql as $$
 declare
     v_index regclass := recsql._pair_b_index();
+    v_setting text := nullif(current_setting('recsql.pair_index_drop_rows', true), '');
 begin
+    if v_setting !~ '^[0-9]{1,18}$' then
+        raise exception 'recsql.pair_index_drop_rows must be a number of pair deltas, got "%"', v_setting
+            using errcode = '22023',
+                  hint = 'Reset it for the default (50000), or set a whole number (a very high one keeps the index always).';
+    end if;
     if v_index is null
-       or p_deltas < coalesce(nullif(current_setting('recsql.pair_index_drop_rows', true), '')::bigint, 50000)
+       or p_deltas < coalesce(v_setting::bigint, 50000)
        or p_deltas * 4 < (select c.reltuples from pg_catalog.pg_class c where c.oid = 'recsql.item_pairs'::regclass) then
         return false;
     end if;

@@ -14,6 +14,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from recsql import api
+from recsql.errors import RecsqlError
 
 from .helpers import assert_same_state, snapshot
 
@@ -183,3 +184,16 @@ def test_a_role_that_does_not_own_the_pairs_adds_them_with_the_index(bulk: Conn,
     finally:
         bulk.execute(sql.SQL("DROP OWNED BY {}").format(role))
         bulk.execute(sql.SQL("DROP ROLE {}").format(role))
+
+
+def test_a_bad_setting_is_refused_and_the_pairs_stay_queued(conn: Conn) -> None:
+    _events(conn, 12_000, seed=8)
+    api.fold(conn, defer_pairs=True)
+    conn.execute("SET recsql.pair_index_drop_rows = 'lots'")
+    with pytest.raises(RecsqlError, match='pair_index_drop_rows must be a number of pair deltas, got "lots"'):
+        api.fold_pairs(conn)
+    assert _count(conn, "pair_queue") == 4 and _count(conn, "item_pairs") == 0 and _indexed(conn)
+    conn.execute("RESET recsql.pair_index_drop_rows")
+    api.fold_pairs(conn)  # about 60,000 deltas at once: over the default, so without the index
+    api.refresh_neighbors(conn)
+    assert _count(conn, "pair_queue") == 0 and _count(conn, "neighbor_dirty") == 0 and _indexed(conn)
