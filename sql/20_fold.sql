@@ -974,6 +974,7 @@ declare
     v_prune boolean;
     v_full integer;
     v_scored text;
+    v_indexed boolean;
 begin
     -- Shared: refreshers run side by side on disjoint lists (picked with skip locked below), while
     -- whoever changes pairs or marks lists holds the lock exclusively (or one part's lock).
@@ -992,8 +993,11 @@ begin
         return 0;  -- idle: leave the scratch tables alone
     end if;
     -- After a bulk of pairs (lists are always due then): the index by item_b, which lists
-    -- recomputed a few at a time read their pairs by.
-    perform recsql._restore_pair_b_index();
+    -- recomputed a few at a time read their pairs by, built again where it may be now.
+    v_indexed := recsql._pair_b_index() is not null;
+    if not v_indexed then
+        v_indexed := recsql._restore_pair_b_index();
+    end if;
     select * into v_settings from recsql.settings;
     v_len := v_settings.neighbors_per_item;
 
@@ -1042,10 +1046,10 @@ begin
         for update of d skip locked
     ) p;
     get diagnostics v_n = row_count;
-    if v_n <= 1000 and recsql._pair_b_index() is not null then
+    if v_n <= 1000 and v_indexed then
         -- A round of a few lists (steady traffic: several a second): hashing every item's statistics
-        -- and neighbour list took 5-10 ms per statement, most of such a round. (Not while the index
-        -- by item_b is being rebuilt elsewhere: each list would scan every pair.)
+        -- and neighbour list took 5-10 ms per statement, most of such a round. (Not without the
+        -- index by item_b, still missing after a bulk: each list would scan every pair.)
         v_joins := recsql._lookup_joins();
     end if;
 
